@@ -1,0 +1,1 @@
+"""regdiff's science: diffusion training with a penalty on the denoised image. Pure PyTorch."""
