@@ -147,6 +147,9 @@ class RunSpec(Strict):
     preview: PreviewSpec = Field(default_factory=PreviewSpec)
     checkpoint_every: int | None = Field(500, ge=1)
     init_from: str | None = Field(None, description="a checkpoint id to fine-tune from")
+    time_limit_seconds: FiniteFloat | None = Field(
+        None, gt=0, description="fail the run past this much training time (capped by the server's limit)"
+    )
 
     @field_validator("regularizer", mode="before")
     @classmethod

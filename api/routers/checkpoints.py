@@ -1,0 +1,36 @@
+"""Checkpoint downloads (safetensors) and a run's export as a diffusers folder."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from api.deps import OwnedRun, SessionDep, TenantDep
+from api.errors import PROBLEM_RESPONSES, Problem, not_found
+from models.export import export_zip
+from store import runs
+
+router = APIRouter(tags=["checkpoints"], responses=PROBLEM_RESPONSES)
+BINARY = {200: {"content": {"application/octet-stream": {}}}}
+
+
+@router.get("/v1/checkpoints/{checkpoint_id}", response_class=Response, responses=BINARY)
+def download_checkpoint(checkpoint_id: Annotated[str, Path(max_length=64)], session: SessionDep,
+                        tenant: TenantDep) -> Response:
+    ckpt = runs.get_checkpoint(session=session, tenant=tenant, checkpoint_id=checkpoint_id)
+    if ckpt is None:
+        raise not_found("checkpoint", checkpoint_id)
+    return Response(ckpt.data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{ckpt.id}.safetensors"'})
+
+
+@router.get("/v1/runs/{run_id}/export", response_class=Response,
+            responses={200: {"content": {"application/zip": {}}}})
+def export_run(run: OwnedRun, session: SessionDep) -> Response:
+    """The latest weights (EMA) as a diffusers DDPMPipeline folder, zipped."""
+    ckpt = runs.latest_checkpoint(session=session, run_id=run.id)
+    if ckpt is None:
+        raise Problem(409, "Conflict", f"run {run.id} has no checkpoint yet (status {run.status})")
+    return Response(export_zip(ckpt.data), media_type="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{run.id}-diffusers.zip"'})

@@ -1,0 +1,332 @@
+"""`regdiff`: the command line over `Client`.
+
+Exit codes: 0 ok; 1 the API answered with an error or could not be reached (the problem's
+detail on stderr); 2 usage; 3 a run or sample job ended failed/cancelled or timed out.
+`--json` prints the server's objects for scripts; otherwise a short table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from ._client import Client
+from ._errors import APIError, JobFailedError, WaitTimeoutError
+from .resources.runs import build_spec
+from .types import Run
+
+EXIT_API, EXIT_JOB = 1, 3
+
+
+class _Group(TyperGroup):
+    """Turns the SDK's exceptions into a stderr line and an exit code, once for every command."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except APIError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(EXIT_API) from exc
+        except (JobFailedError, WaitTimeoutError) as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(EXIT_JOB) from exc
+
+
+app = typer.Typer(cls=_Group, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
+runs_app = typer.Typer(no_args_is_help=True, help="Submit, list and follow training runs.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Upload and list datasets.")
+sweeps_app = typer.Typer(no_args_is_help=True, help="Sweeps: one run per value of the varied fields.")
+app.add_typer(runs_app, name="runs")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(sweeps_app, name="sweeps")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(envvar="REGDIFF_URL", help="API base URL.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="REGDIFF_API_KEY", help="API key.")] = None,
+) -> None:
+    ctx.obj = Client(url, api_key)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [headers] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def _render(report: dict[str, Any]) -> None:
+    """A report of unknown shape, readably: lists of objects as tables, the rest as `key: value`."""
+    for key, value in report.items():
+        if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+            typer.echo(f"{key}:")
+            headers = list(dict.fromkeys(h for row in value for h in row))
+            _table(headers, [[_cell(row.get(h)) for h in headers] for row in value])
+        else:
+            typer.echo(f"{key}: {_cell(value)}")
+
+
+def _loss(run: Run) -> str:
+    loss = run.metrics.get("loss")
+    return f"{loss:.4g}" if isinstance(loss, (int, float)) else ""
+
+
+def _steps(run: Run) -> str:
+    return f"{run.step}/{run.total_steps}" if run.total_steps else str(run.step)
+
+
+def _run_rows(runs: list[Run]) -> None:
+    _table(
+        ["ID", "STATUS", "STEP", "LOSS", "DATASET", "LAMBDA", "CREATED"],
+        [
+            [r.id, r.status, _steps(r), _loss(r), r.spec.get("dataset"), r.spec.get("lambda"), r.created_at]
+            for r in runs
+        ],
+    )
+
+
+def _show_run(run: Run, as_json: bool) -> None:
+    if as_json:
+        _print_json(run.raw)
+        return
+    rows = [["id", run.id], ["status", run.status], ["step", _steps(run)]]
+    rows += [[name, _cell(value)] for name, value in run.metrics.items()]
+    rows += [
+        [key, _cell(value)] for key, value in (("error", run.error), ("evaluation", run.evaluation)) if value
+    ]
+    _table(["FIELD", "VALUE"], rows)
+
+
+def _exit_for(run: Run) -> None:
+    """Nonzero when a followed run did not succeed (the failure is already on stderr)."""
+    if run.status != "succeeded":
+        typer.echo(f"Error: {run.id} {run.status}" + (f": {run.error}" if run.error else ""), err=True)
+        raise typer.Exit(EXIT_JOB)
+
+
+@runs_app.command("create")
+def runs_create(
+    ctx: typer.Context,
+    spec: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="A RunSpec JSON file.")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Built-in name or uploaded dataset id.")] = None,
+    regularizer: Annotated[list[str] | None, typer.Option(help="Penalty name; repeat for a sum.")] = None,
+    lambda_: Annotated[
+        float | None, typer.Option("--lambda", help="Penalty weight (0: plain diffusion).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Network preset, e.g. unet-xs.")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow with a progress bar; exit 3 unless it succeeds.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Submit a run: a --spec file, flags, or both (flags win)."""
+    fields: dict[str, Any] = {
+        "dataset": dataset,
+        "regularizer": [{"name": name} for name in regularizer] if regularizer else None,
+        "lambda_": lambda_,
+        "train": {k: v for k, v in (("steps", steps), ("batch_size", batch_size)) if v is not None} or None,
+        "model": {"preset": preset} if preset else None,
+    }
+    base = json.loads(spec.read_text()) if spec else None
+    client = ctx.obj
+    run = client.runs.create(spec=build_spec(base, {k: v for k, v in fields.items() if v is not None}))
+    if not as_json:
+        typer.echo(f"Created {run.id} ({run.status})")
+    if wait:
+        run = client.runs.wait(run.id, raise_on_failure=False)
+    if as_json:
+        _print_json(run.raw)
+    elif wait:
+        _show_run(run, as_json=False)
+    if wait:
+        _exit_for(run)
+
+
+@runs_app.command("list")
+def runs_list(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed, ...")] = None,
+    sweep: Annotated[str | None, typer.Option(help="Only the runs of this sweep.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """The newest runs."""
+    runs = []
+    for run in ctx.obj.runs.list(status=status, sweep_id=sweep, limit=min(limit, 100)):
+        runs.append(run)
+        if len(runs) >= limit:
+            break
+    if as_json:
+        _print_json([r.raw for r in runs])
+    else:
+        _run_rows(runs)
+
+
+@runs_app.command("get")
+def runs_get(ctx: typer.Context, run_id: str, as_json: JsonFlag = False) -> None:
+    """One run's status, step and latest metrics."""
+    _show_run(ctx.obj.runs.get(run_id), as_json)
+
+
+@runs_app.command("watch")
+def runs_watch(
+    ctx: typer.Context,
+    run_id: str,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Give up (exit 3) after this many seconds.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Follow a run with a progress bar until it ends; exit 3 unless it succeeded."""
+    run = ctx.obj.runs.wait(run_id, timeout=timeout, raise_on_failure=False)
+    _show_run(run, as_json)
+    _exit_for(run)
+
+
+@runs_app.command("cancel")
+def runs_cancel(ctx: typer.Context, run_id: str, as_json: JsonFlag = False) -> None:
+    """Ask a run to stop (it goes through `cancelling`)."""
+    _show_run(ctx.obj.runs.cancel(run_id), as_json)
+
+
+@runs_app.command("delete")
+def runs_delete(ctx: typer.Context, run_id: str, as_json: JsonFlag = False) -> None:
+    """Delete a run and what it stored."""
+    ctx.obj.runs.delete(run_id)
+    if as_json:
+        _print_json({"id": run_id, "deleted": True})
+    else:
+        typer.echo(f"Deleted {run_id}")
+
+
+@app.command("samples")
+def samples(
+    ctx: typer.Context,
+    run_id: str,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", dir_okay=False, help="Where to write the grid PNG.")
+    ] = Path("grid.png"),
+    n: Annotated[int | None, typer.Option("--n", min=1, help="How many images.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="ddpm, ddim or dpm_solver.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Sampler steps.")] = None,
+    eta: Annotated[float | None, typer.Option(help="DDIM eta.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="A checkpoint id (default: the final weights).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Draw new samples from a finished run and save them as one grid PNG."""
+    client = ctx.obj
+    job = client.samples.create(
+        run_id, n=n, sampler=sampler, steps=steps, eta=eta, seed=seed, checkpoint=checkpoint
+    )
+    job = client.samples.wait(job.id)
+    client.samples.save_grid(job.id, output)
+    if as_json:
+        _print_json({**job.raw, "path": str(output)})
+    else:
+        typer.echo(f"Saved {output} ({job.id})")
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The dataset file.")],
+    name: Annotated[str | None, typer.Option(help="A name to list it by.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Upload a dataset file; use its id as a run's --dataset."""
+    dataset = ctx.obj.datasets.upload(path, name=name)
+    if as_json:
+        _print_json(dataset.raw)
+    else:
+        typer.echo(f"Uploaded {dataset.id}")
+
+
+@datasets_app.command("list")
+def datasets_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Uploaded datasets."""
+    datasets = list(ctx.obj.datasets.list())
+    if as_json:
+        _print_json([d.raw for d in datasets])
+    else:
+        _table(["ID", "NAME", "CREATED"], [[d.id, d.name, d.created_at] for d in datasets])
+
+
+def _parse_vary(items: list[str]) -> dict[str, list[Any]]:
+    """`lambda=0,0.1,1` -> {"lambda": [0, 0.1, 1]}; each value is JSON if it parses, else a string."""
+    vary: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise typer.BadParameter(f"expected FIELD=V1,V2,... not {item!r}", param_hint="--vary")
+        vary[key] = [_json_or_str(v) for v in values.split(",")]
+    return vary
+
+
+def _json_or_str(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@sweeps_app.command("create")
+def sweeps_create(
+    ctx: typer.Context,
+    vary: Annotated[list[str], typer.Option(help="FIELD=V1,V2,...; repeat to vary several fields.")],
+    spec: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Base RunSpec JSON.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start one run per combination of the --vary values."""
+    sweep = ctx.obj.sweeps.create(base=json.loads(spec.read_text()) if spec else {}, vary=_parse_vary(vary))
+    if as_json:
+        _print_json(sweep.raw)
+    else:
+        typer.echo(f"Created {sweep.id} ({len(sweep.run_ids)} runs)")
+
+
+@sweeps_app.command("report")
+def sweeps_report(
+    ctx: typer.Context,
+    sweep_id: str,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", dir_okay=False, help="Also save the PNG.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The sweep's runs side by side; -o also saves the report figure."""
+    client = ctx.obj
+    report = client.sweeps.report(sweep_id)
+    if output:
+        output.write_bytes(client.sweeps.report_png(sweep_id))
+    if as_json:
+        _print_json(report)
+        return
+    _render(report)
+    if output:
+        typer.echo(f"Saved {output}")

@@ -1,0 +1,7 @@
+from .checkpoints import Checkpoints
+from .datasets import Datasets
+from .runs import AsyncRuns, Runs
+from .samples import AsyncSamples, Samples
+from .sweeps import Sweeps
+
+__all__ = ["AsyncRuns", "AsyncSamples", "Checkpoints", "Datasets", "Runs", "Samples", "Sweeps"]

@@ -1,0 +1,126 @@
+"""Training state <-> safetensors bytes. Never pickle: a checkpoint is data, not code.
+
+One file holds everything a resume needs to continue bit for bit, and explains itself:
+    model.<name>     network weights                    float32
+    ema.<name>       EMA weights (what sampling uses)   float32
+    optim.<i>.<key>  AdamW state of parameter i         (step, exp_avg, exp_avg_sq)
+    rng.<name>       torch.Generator states             uint8
+    metadata         format, spec (RunSpec JSON), step, image_size, channels, rng_device
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from diffusers import UNet2DModel
+from safetensors.torch import load, save
+from torch import Tensor
+
+from models import networks
+from models.spec import ModelSpec
+
+FORMAT = "regdiff.train_state.v1"
+
+
+@dataclass
+class TrainState:
+    spec: dict  # RunSpec JSON
+    step: int  # optimizer steps done
+    image_size: int
+    channels: int
+    model: dict[str, Tensor]
+    ema: dict[str, Tensor]
+    optimizer: dict[str, Tensor]  # "<param index>.<key>"
+    rng: dict[str, Tensor]  # uint8 generator states
+    rng_device: str  # device type ("cpu", "cuda") the "device" generator state belongs to
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec.model_validate(self.spec["model"])
+
+
+def to_bytes(state: TrainState) -> bytes:
+    groups = {"model": state.model, "ema": state.ema, "optim": state.optimizer, "rng": state.rng}
+    tensors = {f"{g}.{k}": v.detach().cpu().contiguous() for g, d in groups.items() for k, v in d.items()}
+    metadata = {
+        "format": FORMAT,
+        "spec": json.dumps(state.spec, sort_keys=True),
+        "step": str(state.step),
+        "image_size": str(state.image_size),
+        "channels": str(state.channels),
+        "rng_device": state.rng_device,
+    }
+    return save(tensors, metadata=metadata)
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The metadata alone, from the safetensors header (8-byte length + JSON): no tensor is read."""
+    if len(data) < 8:
+        raise ValueError("not a safetensors file: shorter than its 8-byte header length")
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    metadata = header.get("__metadata__") or {}
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"not a regdiff training state (format {metadata.get('format')!r}, expected {FORMAT!r})")
+    return metadata
+
+
+def from_bytes(data: bytes) -> TrainState:
+    metadata = read_metadata(data)
+    groups: dict[str, dict[str, Tensor]] = {"model": {}, "ema": {}, "optim": {}, "rng": {}}
+    for key, tensor in load(data).items():
+        group, name = key.split(".", 1)
+        groups[group][name] = tensor
+    return TrainState(
+        spec=json.loads(metadata["spec"]),
+        step=int(metadata["step"]),
+        image_size=int(metadata["image_size"]),
+        channels=int(metadata["channels"]),
+        model=groups["model"],
+        ema=groups["ema"],
+        optimizer=groups["optim"],
+        rng=groups["rng"],
+        rng_device=metadata["rng_device"],
+    )
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """Per-parameter state flattened to "<index>.<key>"; hyperparameters come from the spec."""
+    return {f"{i}.{k}": v for i, s in optimizer.state_dict()["state"].items() for k, v in s.items()}
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
+    full = optimizer.state_dict()
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    full["state"] = state
+    optimizer.load_state_dict(full)
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, Tensor], what: str) -> None:
+    """Strict load with a ValueError that names the first mismatching tensor."""
+    own = module.state_dict()
+    missing, unexpected = own.keys() - weights.keys(), weights.keys() - own.keys()
+    if missing or unexpected:
+        raise ValueError(f"{what}: keys differ (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    for key, tensor in own.items():  # in module order, so the first layer that differs is named
+        if weights[key].shape != tensor.shape:
+            raise ValueError(
+                f"{what}: {key} has shape {tuple(weights[key].shape)}, this network needs {tuple(tensor.shape)}"
+            )
+    module.load_state_dict(weights)
+
+
+def build_network(
+    state: TrainState, *, weights: Literal["ema", "model"] = "ema", device: torch.device | str = "cpu"
+) -> UNet2DModel:
+    """The UNet of a checkpoint, with its EMA (default) or raw weights, in eval mode."""
+    net = networks.build_unet(state.model_spec.preset, state.image_size, state.channels)
+    load_weights(net, state.ema if weights == "ema" else state.model, f"checkpoint {weights} weights")
+    return net.to(device).eval().requires_grad_(False)

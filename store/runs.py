@@ -1,0 +1,215 @@
+"""Keyword-only store functions for runs, their events, metrics and checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from store.tables import Checkpoint, Run, RunEvent, SampleJob, utcnow
+
+ACTIVE = ("queued", "running", "cancelling")
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with another request body."""
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def create_run(
+    *,
+    session: Session,
+    tenant: str,
+    spec: dict[str, Any],
+    idempotency_key: str | None = None,
+    sweep_id: str | None = None,
+) -> tuple[Run, bool]:
+    """Insert a queued run; returns (run, created). A repeated key returns the original run."""
+    digest = spec_hash(spec)
+    if idempotency_key is not None:
+        existing = _by_key(session, tenant, idempotency_key)
+        if existing is not None:
+            return _same_request(existing, digest), False
+    run = Run(
+        tenant=tenant,
+        spec=spec,
+        total_steps=spec["train"]["steps"],
+        sweep_id=sweep_id,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        enqueued_at=utcnow(),
+    )
+    try:
+        with session.begin_nested():
+            session.add(run)
+    except IntegrityError:
+        # A concurrent request with the same key won the insert.
+        existing = _by_key(session, tenant, idempotency_key)
+        if existing is None:
+            raise
+        return _same_request(existing, digest), False
+    session.add(RunEvent(run_id=run.id, type="status", message="queued"))
+    return run, True
+
+
+def _by_key(session: Session, tenant: str, key: str | None) -> Run | None:
+    return session.scalar(select(Run).where(Run.tenant == tenant, Run.idempotency_key == key))
+
+
+def _same_request(run: Run, digest: str) -> Run:
+    if run.request_hash != digest:
+        raise IdempotencyConflict(run.id)
+    return run
+
+
+def get_run(*, session: Session, tenant: str, run_id: str) -> Run | None:
+    return session.scalar(select(Run).where(Run.id == run_id, Run.tenant == tenant))
+
+
+def list_runs(
+    *,
+    session: Session,
+    tenant: str,
+    limit: int,
+    after: str | None = None,
+    status: str | None = None,
+    sweep_id: str | None = None,
+) -> tuple[list[Run], bool]:
+    """Newest first; `after` is the id of the last run of the previous page."""
+    query = select(Run).where(Run.tenant == tenant)
+    if status:
+        query = query.where(Run.status == status)
+    if sweep_id:
+        query = query.where(Run.sweep_id == sweep_id)
+    if after:
+        anchor = get_run(session=session, tenant=tenant, run_id=after)
+        if anchor is not None:
+            query = query.where(
+                (Run.created_at < anchor.created_at)
+                | ((Run.created_at == anchor.created_at) & (Run.id < anchor.id))
+            )
+    rows = list(session.scalars(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def add_event(
+    *, session: Session, run_id: str, type: str, message: str = "", level: str = "info", data: Any = None
+) -> None:
+    session.add(RunEvent(run_id=run_id, type=type, level=level, message=message, data=data))
+
+
+def list_events(*, session: Session, run_id: str, after: int = 0, limit: int = 100) -> tuple[list[RunEvent], bool]:
+    rows = list(
+        session.scalars(
+            select(RunEvent)
+            .where(RunEvent.run_id == run_id, RunEvent.id > after)
+            .order_by(RunEvent.id)
+            .limit(limit + 1)
+        )
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def metric_series(*, session: Session, run_id: str) -> dict[str, list[list[float]]]:
+    """{"loss": [[step, value], ...], ...} from the metrics events."""
+    series: dict[str, list[list[float]]] = {}
+    for data in session.scalars(
+        select(RunEvent.data).where(RunEvent.run_id == run_id, RunEvent.type == "metrics").order_by(RunEvent.id)
+    ):
+        step = data["step"]
+        for name, value in data.items():
+            if name != "step":
+                series.setdefault(name, []).append([step, value])
+    return series
+
+
+def record_progress(*, session: Session, run_id: str, step: int, metrics: dict[str, float]) -> None:
+    session.execute(update(Run).where(Run.id == run_id).values(step=step, metrics=metrics))
+    add_event(session=session, run_id=run_id, type="metrics", data={"step": step, **metrics})
+
+
+def set_status(
+    *, session: Session, run_id: str, status: str, message: str = "", level: str = "info", **values: Any
+) -> None:
+    """Change status and log it; terminal statuses stamp finished_at and drop the lease."""
+    if status in TERMINAL:
+        values.update(finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
+    if status == "running":
+        values.setdefault("started_at", func.coalesce(Run.started_at, utcnow()))
+    session.execute(update(Run).where(Run.id == run_id).values(status=status, **values))
+    add_event(session=session, run_id=run_id, type="status", level=level, message=message or status,
+              data={"status": status})
+
+
+def request_cancel(*, session: Session, run: Run) -> None:
+    """Queued: cancelled at once. Running: `cancelling` until the worker stops at its next check."""
+    if run.status == "queued":
+        set_status(session=session, run_id=run.id, status="cancelled", message="cancelled before it started")
+    elif run.status == "running":
+        set_status(session=session, run_id=run.id, status="cancelling", cancel_requested=True)
+
+
+def save_checkpoint(*, session: Session, run_id: str, step: int, data: bytes, is_final: bool, keep: int) -> str:
+    """Store a checkpoint; keep the newest `keep` non-final ones (retention)."""
+    ckpt = Checkpoint(run_id=run_id, step=step, data=data, size=len(data), is_final=is_final)
+    session.add(ckpt)
+    session.flush()
+    old = select(Checkpoint.id).where(Checkpoint.run_id == run_id, Checkpoint.is_final.is_(False))
+    doomed = list(session.scalars(old.order_by(Checkpoint.step.desc()).offset(keep)))
+    if doomed:
+        session.execute(delete(Checkpoint).where(Checkpoint.id.in_(doomed)))
+    return ckpt.id
+
+
+def latest_checkpoint(*, session: Session, run_id: str) -> Checkpoint | None:
+    return session.scalar(
+        select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step.desc()).limit(1)
+    )
+
+
+def list_checkpoints(*, session: Session, run_id: str) -> list[Checkpoint]:
+    """Metadata only: the bytes are deferred until a download asks for them."""
+    from sqlalchemy.orm import defer
+
+    return list(
+        session.scalars(
+            select(Checkpoint).options(defer(Checkpoint.data)).where(Checkpoint.run_id == run_id)
+            .order_by(Checkpoint.step)
+        )
+    )
+
+
+def get_checkpoint(*, session: Session, tenant: str, checkpoint_id: str) -> Checkpoint | None:
+    return session.scalar(
+        select(Checkpoint).join(Run, Run.id == Checkpoint.run_id)
+        .where(Checkpoint.id == checkpoint_id, Run.tenant == tenant)
+    )
+
+
+def preview(*, session: Session, run_id: str) -> SampleJob | None:
+    """The run's latest end-of-run sample grid (a sample job of kind "preview")."""
+    return session.scalar(
+        select(SampleJob).where(SampleJob.run_id == run_id, SampleJob.kind == "preview")
+        .order_by(SampleJob.created_at.desc()).limit(1)
+    )
+
+
+def count_active(*, session: Session, tenant: str) -> int:
+    return session.scalar(select(func.count()).where(Run.tenant == tenant, Run.status.in_(ACTIVE))) or 0
+
+
+def is_cancel_requested(*, session: Session, run_id: str) -> bool:
+    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+
+
+def started_at(*, session: Session, run_id: str) -> datetime | None:
+    return session.scalar(select(Run.started_at).where(Run.id == run_id))

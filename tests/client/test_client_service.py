@@ -1,0 +1,122 @@
+"""The SDK and the CLI against the live service (api + Celery worker): one tiny run per backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import regdiff_client as rd
+from regdiff_client.cli import app
+
+pytestmark = pytest.mark.service
+
+TINY = {
+    "dataset": "digits",
+    "regularizer": "tv",
+    "lambda": 0.1,
+    "model": {"preset": "unet-xs"},
+    "train": {"steps": 20, "batch_size": 16},
+    "preview": {"n": 4, "steps": 10},
+}
+TIMEOUT = 300  # seconds for a 20-step CPU run, however busy the worker is
+
+
+@pytest.fixture(scope="module")
+def trained(service):
+    """Submitted and awaited through the SDK: create -> wait (with the progress bar) -> the final Run."""
+    with rd.Client(service.url) as client:
+        run = client.runs.create(spec=TINY)
+        assert (run.status, run.total_steps) == ("queued", 20)
+        return client.runs.wait(run.id, timeout=TIMEOUT, progress=True)
+
+
+@pytest.fixture
+def client(service):
+    with rd.Client(service.url) as client:
+        yield client
+
+
+def test_create_wait_and_save_the_grid(trained, client, tmp_path):
+    assert (trained.status, trained.step, trained.done) == ("succeeded", 20, True)
+    assert "loss" in trained.metrics
+    path = client.runs.save_grid(trained.id, tmp_path / "grid.png")
+    with Image.open(path) as grid:
+        grid.load()
+        assert grid.format == "PNG"
+    assert client.runs.samples_png(trained.id) == path.read_bytes()
+
+
+def test_events_metrics_and_checkpoints(trained, client, tmp_path):
+    events = list(client.runs.events(trained.id))  # SSE; ends because the run is over
+    assert events and all(isinstance(e, rd.Event) for e in events)
+    assert [e.id for e in events] == sorted(e.id for e in events)
+    assert list(client.runs.events(trained.id, after=events[-1].id)) == []
+    assert client.runs.metrics(trained.id)["loss"][-1][0] <= 20
+    checkpoints = client.checkpoints.list(trained.id)
+    assert checkpoints[-1].step == 20
+    saved = client.checkpoints.download(checkpoints[-1].id, tmp_path / "final.safetensors")
+    assert saved.stat().st_size == checkpoints[-1].size
+
+
+def test_samples_on_demand(trained, client):
+    job = client.samples.create(trained.id, n=2, steps=5, seed=1)
+    done = client.samples.wait(job.id, timeout=TIMEOUT)
+    assert done.status == "succeeded"
+    images = client.samples.array(done.id)
+    assert images.shape[0] == 2 and images.dtype.name == "uint8"
+    assert client.samples.grid_png(done.id).startswith(b"\x89PNG")
+
+
+def test_async_client_reads_the_same_run(trained, service):
+    async def main():
+        async with rd.AsyncClient(service.url) as client:
+            run = await client.runs.get(trained.id)
+            listed = [r.id async for r in client.runs.list(status="succeeded", limit=2)]
+            return run, listed
+
+    run, listed = asyncio.run(main())
+    assert run.status == "succeeded" and trained.id in listed
+
+
+def test_bad_spec_raises_unprocessable_with_the_field(client):
+    with pytest.raises(rd.UnprocessableEntityError) as info:
+        client.runs.create(spec=TINY, train={"steps": 0})
+    assert info.value.status == 422
+    assert info.value.field == "train.steps"
+    assert "greater than or equal to 1" in info.value.errors[0]["message"]
+
+
+def test_missing_run_raises_not_found(client):
+    with pytest.raises(rd.NotFoundError):
+        client.runs.get("run_does_not_exist")
+
+
+def test_idempotent_create_then_cancel_and_delete(client):
+    slow = {**TINY, "train": {"steps": 100_000, "batch_size": 16}}
+    first = client.runs.create(spec=slow, idempotency_key="client-test-key")
+    again = client.runs.create(spec=slow, idempotency_key="client-test-key")
+    assert again.id == first.id
+    client.runs.cancel(first.id)
+    assert client.runs.wait(first.id, timeout=TIMEOUT, progress=False).status == "cancelled"
+    client.runs.delete(first.id)
+    with pytest.raises(rd.NotFoundError):
+        client.runs.get(first.id)
+
+
+def test_cli_exit_codes_and_json(trained, service):
+    runner = CliRunner()
+
+    def regdiff(*args):
+        return runner.invoke(app, ["--url", service.url, *args])
+
+    got = regdiff("runs", "get", trained.id, "--json")
+    assert got.exit_code == 0 and json.loads(got.stdout)["status"] == "succeeded"
+    listed = regdiff("runs", "list", "--json")
+    assert listed.exit_code == 0 and trained.id in [r["id"] for r in json.loads(listed.stdout)]
+    missing = regdiff("runs", "get", "run_does_not_exist")
+    assert missing.exit_code == 1 and "run_does_not_exist" in missing.stderr
+    assert regdiff("runs", "watch", trained.id).exit_code == 0

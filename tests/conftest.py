@@ -1,0 +1,49 @@
+"""Fixtures: `service` is a live api + worker on the embedded configuration and on
+PostgreSQL + Redis (the same tests run on both); `client` is an httpx client for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.live import Service, backend_env
+
+BACKENDS = ["embedded", "postgres-redis"]
+
+
+def _start(backend: str, tmp_path_factory: pytest.TempPathFactory, **extra_env: str) -> Iterator[Service]:
+    home = tmp_path_factory.mktemp(f"regdiff-{backend}")
+    env, cleanup = backend_env(backend, home)
+    service = Service(backend, home, {**env, **extra_env})
+    try:
+        yield service.start()
+    except Exception:
+        print(service.logs())
+        raise
+    finally:
+        service.stop()
+        cleanup()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    yield from _start(request.param, tmp_path_factory)
+
+
+@pytest.fixture
+def client(service: Service) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service.url, timeout=30) as c:
+        yield c
+
+
+TINY_RUN = {
+    "dataset": "digits",
+    "regularizer": "tv",
+    "lambda": 0.1,
+    "model": {"preset": "unet-xs"},
+    "train": {"steps": 20, "batch_size": 16, "log_every": 5},
+    "preview": {"n": 4, "steps": 10},
+    "checkpoint_every": 10,
+}

@@ -1,0 +1,51 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.datasets import load_builtin
+from models.images import PAD, grid_png
+from models.samplers import SAMPLERS, make_scheduler, sample_from_state
+from models.spec import ModelSpec, RunSpec
+from models.trainer import train
+
+
+@pytest.fixture(scope="module")
+def state():
+    spec = RunSpec.model_validate({"model": {"prediction": "v_prediction"}, "train": {"steps": 2, "batch_size": 8},
+                                   "checkpoint_every": None})
+    return train(spec, load_builtin("digits"), device="cpu").state
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_same_seed_same_images(state, sampler):
+    def draw(seed):
+        return sample_from_state(state, n=3, sampler=sampler, steps=5, eta=0.5, seed=seed, device="cpu")
+
+    first = draw(0)
+    assert first.shape == (3, 8, 8, 1) and first.dtype == np.uint8
+    assert np.array_equal(first, draw(0))
+    assert not np.array_equal(first, draw(1))
+
+
+def test_schedulers_use_the_runs_schedule_and_prediction():
+    model = ModelSpec(prediction="sample", schedule="squaredcos_cap_v2", timesteps=500)
+    for sampler in SAMPLERS:
+        config = make_scheduler(model, sampler).config
+        assert (config.prediction_type, config.beta_schedule, config.num_train_timesteps) == (
+            "sample", "squaredcos_cap_v2", 500)
+    with pytest.raises(ValueError, match="ddpm, ddim, dpm_solver"):
+        make_scheduler(model, "euler")
+
+
+def test_grid_png_is_a_near_square_padded_grid():
+    images = np.arange(10 * 8 * 8, dtype=np.int64).reshape(10, 8, 8, 1).astype(np.uint8)
+    grid = np.asarray(Image.open(io.BytesIO(grid_png(images))))
+    assert grid.shape == (3 * (8 + PAD) + PAD, 4 * (8 + PAD) + PAD)  # 10 images: 3 rows of 4
+    assert np.array_equal(grid[PAD : PAD + 8, PAD : PAD + 8], images[0, ..., 0])
+    x = PAD + 1 * (8 + PAD)
+    y = PAD + 2 * (8 + PAD)
+    assert np.array_equal(grid[y : y + 8, x : x + 8], images[9, ..., 0])
+    rgb = np.asarray(Image.open(io.BytesIO(grid_png(np.zeros((4, 8, 8, 3), np.uint8), scale=2))))
+    assert rgb.shape == (2 * (2 * (8 + PAD) + PAD), 2 * (2 * (8 + PAD) + PAD), 3)

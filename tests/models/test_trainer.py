@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+
+from models import checkpoint
+from models.datasets import ImageSet, load_builtin, to_tensor
+from models.regularizers import TotalVariation
+from models.samplers import sample_from_state
+from models.spec import RunSpec
+from models.trainer import NonFiniteLoss, TrainHooks, resolve_device, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_builtin("digits")
+
+
+def tiny(steps=4, **overrides):
+    train_cfg = {"steps": steps, "batch_size": 8, "log_every": 2, **overrides.pop("train", {})}
+    return RunSpec.model_validate({"lambda": 1.0, "checkpoint_every": None, **overrides, "train": train_cfg})
+
+
+def same_state(a: bytes, b: bytes) -> bool:
+    """Every tensor bit-identical (safetensors' header order itself may vary between saves)."""
+    a, b = checkpoint.from_bytes(a), checkpoint.from_bytes(b)
+    groups = ("model", "ema", "optimizer", "rng")
+    return a.step == b.step and all(
+        getattr(a, g).keys() == getattr(b, g).keys()
+        and all(torch.equal(getattr(a, g)[k], getattr(b, g)[k]) for k in getattr(a, g))
+        for g in groups
+    )
+
+
+def test_fixed_seeds_give_bit_identical_runs(digits):
+    spec = tiny(estimator={"kind": "ddim", "steps": 3, "grad_steps": 2, "random_cut": True},
+                reg_schedule={"t_max": 1000})
+    first, second = train(spec, digits, device="cpu"), train(spec, digits, device="cpu")
+    assert same_state(first.state, second.state)
+    assert not same_state(first.state, train(tiny(train={"seed": 1}), digits, device="cpu").state)
+
+
+def test_resume_continues_exactly(digits):
+    spec = tiny(steps=6, checkpoint_every=3, estimator={"kind": "ddim", "steps": 2, "random_cut": True})
+    saved = {}
+    full = train(spec, digits, device="cpu", hooks=TrainHooks(on_checkpoint=saved.__setitem__))
+    assert sorted(saved) == [3, 6]
+    resumed = train(spec, digits, device="cpu", resume=saved[3])
+    assert resumed.steps_done == 6
+    assert same_state(full.state, resumed.state)
+
+
+def test_resume_refuses_another_model(digits):
+    state = train(tiny(steps=1), digits, device="cpu").state
+    with pytest.raises(ValueError, match="differs from spec.model"):
+        train(tiny(model={"prediction": "v_prediction"}), digits, device="cpu", resume=state)
+
+
+def test_init_weights_fine_tunes_from_another_run(digits):
+    base = checkpoint.from_bytes(train(tiny(), digits, device="cpu").state)
+    tuned = train(tiny(steps=1, train={"lr": 1e-8, "seed": 5}), digits, device="cpu",
+                  init_weights=checkpoint.to_bytes(base))
+    state = checkpoint.from_bytes(tuned.state)
+    assert state.step == 1 and all(v == 1 for k, v in state.optimizer.items() if k.endswith(".step"))
+    for key, weight in base.model.items():
+        torch.testing.assert_close(state.model[key], weight, atol=1e-6, rtol=0)
+
+
+def test_init_weights_with_other_shapes_is_a_clear_error(digits):
+    rgb = ImageSet(np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), None)
+    state = train(tiny(steps=1), rgb, device="cpu").state
+    with pytest.raises(ValueError, match="conv_in.weight has shape"):
+        train(tiny(steps=1), digits, device="cpu", init_weights=state)
+
+
+def test_non_finite_loss_names_step_and_term(digits):
+    # lambda 1e6 times a regularizer weight of 1e38 overflows float32 at the first step
+    spec = tiny(**{"lambda": 1e6}, regularizer=[{"name": "tv", "weight": 1e38}], reg_schedule={"t_max": 1000})
+    with pytest.raises(NonFiniteLoss, match="non-finite penalty loss at step 0") as info:
+        train(spec, digits, device="cpu")
+    assert isinstance(info.value, ValueError) and (info.value.step, info.value.term) == (0, "penalty")
+
+
+def test_logs_and_cooperative_stop(digits):
+    logs = []
+    result = train(tiny(steps=10), digits, device="cpu",
+                   hooks=TrainHooks(on_log=lambda step, m: logs.append((step, m)), should_stop=lambda: len(logs) == 2))
+    assert result.stopped and result.steps_done == 4
+    assert [step for step, _ in logs] == [2, 4]
+    assert set(result.metrics) == {"loss", "diffusion_loss", "penalty_raw", "penalty_weighted", "lambda", "lr"}
+    assert all(np.isfinite(v) for v in result.metrics.values())
+    assert checkpoint.from_bytes(result.state).step == 4
+
+
+def test_strong_tv_penalty_lowers_the_tv_of_samples(digits):
+    """Same seeds and steps; lambda=3 over t < 600 against lambda=0 (~10 s on 2 CPU cores)."""
+    tv = TotalVariation(TotalVariation.Params())
+    sample_tv = {}
+    for lam in (0.0, 3.0):
+        spec = tiny(steps=100, **{"lambda": lam}, reg_schedule={"t_max": 600},
+                    train={"batch_size": 32, "lr": 1e-3, "log_every": 100})
+        state = train(spec, digits, device="cpu").state
+        images = sample_from_state(state, n=32, sampler="ddim", steps=10, seed=0, device="cpu")
+        sample_tv[lam] = tv(to_tensor(images)).mean().item()
+    # measured: about 0.8 for lambda 0 and 0.35-0.46 for lambda 3 (seeds 0-2)
+    assert sample_tv[3.0] < 0.8 * sample_tv[0.0], sample_tv
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="auto, cpu, cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")

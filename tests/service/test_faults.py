@@ -1,0 +1,92 @@
+"""Runs survive crashes and lost messages: the database is the truth, the broker a wake-up."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+
+from tests.conftest import TINY_RUN
+from tests.live import purge_broker, wait_for, wait_until
+
+pytestmark = pytest.mark.service
+
+LONG = {**TINY_RUN, "train": {"steps": 100_000, "batch_size": 8, "log_every": 5}}
+
+
+def test_killed_worker_resumes_from_its_checkpoint(service, client):
+    spec = {**TINY_RUN, "train": {"steps": 240, "batch_size": 16, "log_every": 5}, "checkpoint_every": 40}
+    run_id = client.post("/v1/runs", json=spec).json()["id"]
+    wait_until(lambda: client.get(f"/v1/runs/{run_id}/checkpoints").json()["data"], timeout=180)
+    step_at_kill = client.get(f"/v1/runs/{run_id}").json()["step"]
+    service.kill_worker()
+    service.start_worker()
+
+    done = wait_for(client, run_id)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["step"] == 240 and done["attempts"] == 2
+    assert step_at_kill < 240
+    events = client.get(f"/v1/runs/{run_id}/events", params={"limit": 1000}).json()["data"]
+    resumed = [e for e in events if e["type"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["data"]["step"] % 40 == 0
+    assert sum(1 for r in client.get("/v1/runs", params={"limit": 100}).json()["data"] if r["id"] == run_id) == 1
+
+
+def test_lost_messages_are_brought_back_by_the_reconciler(service, client):
+    service.kill_worker()
+    ids = [client.post("/v1/runs", json=TINY_RUN).json()["id"] for _ in range(3)]
+    purge_broker(service)
+    service.start_worker()
+    for run_id in ids:
+        assert wait_for(client, run_id)["status"] == "succeeded"
+
+
+def test_cancel_mid_run(client):
+    run_id = client.post("/v1/runs", json=LONG).json()["id"]
+    wait_until(lambda: client.get(f"/v1/runs/{run_id}").json()["step"] > 0)
+    cancelling = client.post(f"/v1/runs/{run_id}/cancel")
+    assert cancelling.status_code == 200 and cancelling.json()["status"] in ("cancelling", "cancelled")
+    done = wait_for(client, run_id)
+    assert done["status"] == "cancelled" and 0 < done["step"] < 100_000
+    assert client.post(f"/v1/runs/{run_id}/cancel").status_code == 409
+
+
+def test_cancel_before_start_and_delete(client):
+    queued = client.post("/v1/runs", json={**LONG, "dataset": "digits"}).json()["id"]
+    client.post(f"/v1/runs/{queued}/cancel")
+    assert wait_for(client, queued)["status"] == "cancelled"
+    assert client.delete(f"/v1/runs/{queued}").status_code == 204
+    assert client.get(f"/v1/runs/{queued}").status_code == 404
+
+
+def test_time_limit_fails_the_run_with_the_reason(client):
+    run_id = client.post("/v1/runs", json={**LONG, "time_limit_seconds": 2}).json()["id"]
+    done = wait_for(client, run_id)
+    assert done["status"] == "failed" and "time limit" in done["error"]
+
+
+def test_non_finite_loss_fails_naming_step_and_term(client):
+    spec = {**TINY_RUN, "train": {"steps": 50, "batch_size": 8, "lr": 1e6, "grad_clip": 1e30}}
+    done = wait_for(client, client.post("/v1/runs", json=spec).json()["id"])
+    assert done["status"] == "failed"
+    assert "non-finite" in done["error"] and "step" in done["error"]
+
+
+def test_concurrent_posts_with_one_idempotency_key_make_one_run(service, client):
+    key = {"Idempotency-Key": "same-key-1"}
+    results: list[httpx.Response] = []
+
+    def post() -> None:
+        with httpx.Client(base_url=service.url, timeout=30) as c:
+            results.append(c.post("/v1/runs", json=TINY_RUN, headers=key))
+
+    threads = [threading.Thread(target=post) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results].count(201) == 1
+    assert len({r.json()["id"] for r in results}) == 1
+    other = client.post("/v1/runs", json={**TINY_RUN, "lambda": 0.5}, headers=key)
+    assert other.status_code == 422 and other.json()["errors"][0]["field"] == "Idempotency-Key"

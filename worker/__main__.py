@@ -1,0 +1,21 @@
+"""`python -m worker` (`make worker`): one more worker on the current REGDIFF_* configuration.
+
+One process, one task at a time (solo pool): a GPU runs one training at a time, and CUDA
+is never initialised in the parent of a fork. Capacity grows by starting more workers.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from store.settings import get_settings
+from worker.tasks import app
+
+
+def main() -> None:
+    app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "-Q", get_settings().queue,
+                     "--loglevel", "INFO", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The Celery app: configuration only, light to import (the api imports it to enqueue).
+
+Settings for long GPU tasks: late acks and one reserved task per process, so a message
+is only gone once its run is done; but correctness never rests on the broker: leases in
+the database decide who owns a run, and the reconciler re-enqueues what a broker lost.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from store.settings import get_settings
+
+TRAIN_TASK = "regdiff.train_run"
+SAMPLE_TASK = "regdiff.sample"
+
+
+def _transport_options(url: str) -> dict:
+    if url.startswith("sqla+"):
+        # kombu hands these to create_engine: wait on SQLite's lock rather than fail.
+        return {"connect_args": {"timeout": 30}}
+    # Redis redelivers unacked messages after this; leases make a redelivery harmless.
+    return {"visibility_timeout": 12 * 3600}
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    app = Celery("regdiff", broker=settings.resolved_broker_url)
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        broker_transport_options=_transport_options(settings.resolved_broker_url),
+        imports=("worker.tasks",),
+    )
+    return app
+
+
+app = make_celery()
+
+
+def enqueue_train(run_id: str) -> None:
+    app.send_task(TRAIN_TASK, args=[run_id], queue=get_settings().queue)
+
+
+def enqueue_sample(sample_id: str) -> None:
+    app.send_task(SAMPLE_TASK, args=[sample_id], queue=get_settings().queue)

@@ -1,0 +1,23 @@
+"""Images for a spec's dataset: a built-in (cached under REGDIFF_HOME) or a tenant's upload."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from models import datasets, uploads
+from store.db import session_scope
+from store.settings import get_settings
+from store.tables import Dataset
+
+
+def load_images(name: str, *, tenant: str) -> datasets.ImageSet:
+    settings = get_settings()
+    if name.startswith("upload:"):
+        with session_scope() as session:
+            data = session.scalar(
+                select(Dataset.data).where(Dataset.id == name.removeprefix("upload:"), Dataset.tenant == tenant)
+            )
+        if data is None:
+            raise LookupError(f"dataset {name!r} no longer exists")
+        return uploads.read_npz_bytes(data)
+    return datasets.load_builtin(name, settings.cache_dir)

@@ -1,0 +1,57 @@
+"""A thread that renews a job's lease and notices why the job should stop.
+
+The training loop only reads `stop_reason` (no database round trip inside the step);
+the heartbeat does the I/O every third of the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sqlalchemy import select
+
+from store import leases
+from store.db import session_scope
+from store.settings import get_settings
+from store.tables import Run
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(self, job: leases.Job, job_id: str, *, owner: str, time_limit: float | None = None):
+        self.job, self.job_id, self.owner = job, job_id, owner
+        self.lease_seconds = get_settings().lease_seconds
+        self.deadline = time.monotonic() + time_limit if time_limit else None
+        self.stop_reason: str | None = None  # "cancelled" | "lease_lost" | "time_limit"
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def should_stop(self) -> bool:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.stop_reason = self.stop_reason or "time_limit"
+        return self.stop_reason is not None
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.lease_seconds / 3):
+            try:
+                self.beat()
+            except Exception:  # a database hiccup: try again next beat, the lease has slack
+                log.exception("heartbeat for %s failed", self.job_id)
+
+    def beat(self) -> None:
+        with session_scope() as session:
+            if not leases.renew(session, self.job, self.job_id, owner=self.owner, lease_seconds=self.lease_seconds):
+                self.stop_reason = "lease_lost"
+            elif self.job is Run and session.scalar(select(Run.cancel_requested).where(Run.id == self.job_id)):
+                self.stop_reason = "cancelled"

@@ -1,0 +1,140 @@
+"""A training run under the worker: lease, resume, progress, checkpoints, preview, outcome.
+
+`models.trainer.train` is a plain function; this module wraps it with what makes a run
+survive: the lease decides who owns it, checkpoints let another worker resume it with exact
+step continuity, and the database records everything a client reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from models.images import grid_png
+from models.samplers import sample_from_state
+from models.spec import RunSpec
+from models.trainer import NonFiniteLoss, TrainHooks, resolve_device, train
+from store import leases, runs
+from store.db import session_scope
+from store.settings import get_settings
+from store.tables import Run, SampleJob, as_utc
+from worker.data import load_images
+from worker.heartbeat import Heartbeat
+from worker.samples import npz_bytes
+
+log = logging.getLogger(__name__)
+
+
+def run_training(run_id: str, *, owner: str) -> None:
+    settings = get_settings()
+    with session_scope() as session:
+        claim = leases.claim(session, Run, run_id, owner=owner, lease_seconds=settings.lease_seconds)
+    if not claim.won:
+        log.info("run %s: not claimable (done, cancelled or owned elsewhere); message dropped", run_id)
+        return
+    if claim.attempts > settings.max_attempts:
+        _finish(run_id, "failed", f"gave up after {settings.max_attempts} attempts: the worker was lost each time")
+        return
+    with session_scope() as session:
+        runs.set_status(session=session, run_id=run_id, status="running",
+                        message=f"attempt {claim.attempts} on {owner}")
+    try:
+        _train(run_id, owner=owner)
+    except NonFiniteLoss as exc:
+        _finish(run_id, "failed", str(exc))
+    except Exception as exc:
+        log.exception("run %s failed", run_id)
+        _finish(run_id, "failed", f"{type(exc).__name__}: {exc}")
+
+
+def _train(run_id: str, *, owner: str) -> None:
+    settings = get_settings()
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        tenant, spec_json = run.tenant, run.spec
+        started = run.started_at
+        resume = runs.latest_checkpoint(session=session, run_id=run_id)
+        resume_bytes = resume.data if resume else None
+        init_weights = _init_weights(session, tenant, spec_json.get("init_from")) if resume is None else None
+    spec = RunSpec.model_validate(spec_json)
+    data = load_images(spec.dataset, tenant=tenant)
+    device = resolve_device(settings.device)
+    elapsed = time.time() - as_utc(started).timestamp() if started else 0.0
+    progress = _ProgressWriter(run_id, settings.log_flush_seconds)
+
+    def on_checkpoint(step: int, state: bytes) -> None:
+        with session_scope() as session:
+            runs.save_checkpoint(session=session, run_id=run_id, step=step, data=state, is_final=False,
+                                 keep=settings.keep_checkpoints)
+
+    if resume is not None:
+        with session_scope() as session:
+            runs.add_event(session=session, run_id=run_id, type="resumed", message=f"resumed from step {resume.step}",
+                           data={"step": resume.step, "checkpoint": resume.id})
+    limit = min(settings.run_time_limit_seconds, spec.time_limit_seconds or float("inf"))
+    with Heartbeat(Run, run_id, owner=owner, time_limit=limit - elapsed) as beat:
+        result = train(
+            spec, data, device=device,
+            hooks=TrainHooks(on_log=progress, on_checkpoint=on_checkpoint, should_stop=beat.should_stop),
+            resume=resume_bytes, init_weights=init_weights,
+        )
+        if result.stopped:
+            _stopped(run_id, beat.stop_reason, result.steps_done, limit)
+            return
+        progress.flush(result.steps_done, result.metrics)
+        images = sample_from_state(result.state, n=spec.preview.n, sampler=spec.preview.sampler,
+                                   steps=spec.preview.steps, eta=0.0, seed=spec.preview.seed, device=device)
+        with session_scope() as session:
+            ckpt_id = runs.save_checkpoint(session=session, run_id=run_id, step=result.steps_done,
+                                           data=result.state, is_final=True, keep=settings.keep_checkpoints)
+            session.add(_preview_job(run_id, tenant, ckpt_id, spec, images))
+            runs.set_status(session=session, run_id=run_id, status="succeeded", step=result.steps_done)
+
+
+def _init_weights(session, tenant: str, checkpoint_id: str | None) -> bytes | None:
+    if checkpoint_id is None:
+        return None
+    ckpt = runs.get_checkpoint(session=session, tenant=tenant, checkpoint_id=checkpoint_id)
+    if ckpt is None:
+        raise LookupError(f"init_from: checkpoint {checkpoint_id!r} does not exist")
+    return ckpt.data
+
+
+def _preview_job(run_id: str, tenant: str, ckpt_id: str, spec: RunSpec, images: np.ndarray) -> SampleJob:
+    params = {"n": spec.preview.n, "sampler": spec.preview.sampler, "steps": spec.preview.steps,
+              "eta": 0.0, "seed": spec.preview.seed, "checkpoint": ckpt_id}
+    return SampleJob(tenant=tenant, run_id=run_id, checkpoint_id=ckpt_id, kind="preview", status="succeeded",
+                     params=params, images_npz=npz_bytes(images), grid_png=grid_png(images))
+
+
+def _stopped(run_id: str, reason: str | None, step: int, limit: float) -> None:
+    if reason == "cancelled":
+        _finish(run_id, "cancelled", f"cancelled at step {step}")
+    elif reason == "time_limit":
+        _finish(run_id, "failed", f"time limit of {limit:g} s exceeded at step {step}")
+    else:  # lease lost: another worker owns the run now, leave it alone
+        log.warning("run %s: lease lost at step %d; stopping without touching it", run_id, step)
+
+
+def _finish(run_id: str, status: str, message: str) -> None:
+    with session_scope() as session:
+        runs.set_status(session=session, run_id=run_id, status=status, message=message,
+                        level="error" if status == "failed" else "info",
+                        error=message if status == "failed" else None)
+
+
+class _ProgressWriter:
+    """on_log hook: at most one database write per `interval` seconds (throttled)."""
+
+    def __init__(self, run_id: str, interval: float):
+        self.run_id, self.interval, self._last = run_id, interval, 0.0
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        if time.monotonic() - self._last >= self.interval:
+            self.flush(step, metrics)
+
+    def flush(self, step: int, metrics: dict[str, float]) -> None:
+        self._last = time.monotonic()
+        with session_scope() as session:
+            runs.record_progress(session=session, run_id=self.run_id, step=step, metrics=metrics)
