@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Path
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import Problem, not_found
-from store import runs
+from api.security import retry_after
+from store import keys, runs
 from store.db import new_session
-from store.settings import Settings, get_settings
-from store.tables import ApiKey, Run, SampleJob
+from store.settings import Settings, get_settings, is_loopback
+from store.tables import Run, SampleJob
 
 DEFAULT_TENANT = "default"
 
@@ -29,35 +31,80 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def auth_required(settings: Settings) -> bool:
-    """On whenever the api listens beyond loopback, unless REGDIFF_AUTH says otherwise."""
-    if settings.auth != "auto":
-        return settings.auth == "required"
+def auth_required(settings: Settings, request: Request | None = None) -> bool:
+    """On whenever the api listens beyond loopback, unless REGDIFF_AUTH says otherwise.
+
+    Besides REGDIFF_HOST, the server address a connection arrived on counts (defence in depth):
+    `uvicorn --host 0.0.0.0` without REGDIFF_HOST still requires keys on a non-loopback interface.
+    """
+    if settings.auth_enabled:
+        return True
+    if settings.auth == "off" or request is None:
+        return False
+    server = request.scope.get("server")
+    host = str(server[0]) if server else ""
+    return _is_ip(host) and not is_loopback(host)
+
+
+def _is_ip(host: str) -> bool:
     try:
-        return not ipaddress.ip_address(settings.host).is_loopback
+        ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return settings.host != "localhost"
+        return False
+    return True
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant, and the key (None when keys are not required and none was sent)."""
+
+    tenant: str
+    key_id: str | None
 
 
-def current_tenant(
-    session: SessionDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
-) -> str:
-    if authorization is None and not auth_required(settings):
-        return DEFAULT_TENANT
-    unauthorized = {"WWW-Authenticate": "Bearer"}
-    scheme, _, key = (authorization or "").partition(" ")
+# Declared for the OpenAPI document (the docs' "Authorize" button); the header is read below.
+bearer_scheme = HTTPBearer(auto_error=False, description="an API key from `regdiff-admin keys create`")
+
+
+def authenticate(
+    request: Request, session: SessionDep, settings: SettingsDep,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    """`Authorization: Bearer <key>` -> the key's tenant. The key is hashed, never logged.
+
+    A header that is present is always checked, even where keys are optional."""
+    authorization = request.headers.get("authorization")
+    if authorization is None and not auth_required(settings, request):
+        return Principal(DEFAULT_TENANT, None)
+    scheme, _sep, key = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise Problem(401, "Unauthorized", "send 'Authorization: Bearer <api key>'", headers=unauthorized)
-    tenant = session.scalar(
-        select(ApiKey.tenant).where(ApiKey.key_hash == hash_key(key.strip()), ApiKey.revoked_at.is_(None))
-    )
-    if tenant is None:
-        raise Problem(401, "Unauthorized", "unknown or revoked api key", headers=unauthorized)
-    return tenant
+        raise Problem(401, "Unauthorized", "send 'Authorization: Bearer <api key>'",
+                      headers={"WWW-Authenticate": 'Bearer realm="regdiff"'})
+    row = keys.find_key(session=session, key=key.strip())
+    if row is None:
+        raise Problem(401, "Unauthorized", "unknown or revoked api key",
+                      headers={"WWW-Authenticate": 'Bearer realm="regdiff", error="invalid_token"'})
+    return Principal(row.tenant, row.id)
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+def rate_limited(request: Request, principal: PrincipalDep) -> Principal:
+    """Every /v1 request spends a token of its key's bucket (anonymous: of the client address)."""
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    if limiter is None:
+        return principal
+    client = request.client.host if request.client else "?"
+    wait = limiter.take(principal.key_id or f"anonymous:{client}")
+    if wait > 0:
+        raise Problem(429, "Too Many Requests", f"rate limit of {limiter.rate * 60:g} requests per minute per key"
+                      f" exceeded; retry in {retry_after(wait)} s", headers={"Retry-After": retry_after(wait)})
+    return principal
+
+
+def current_tenant(principal: PrincipalDep) -> str:
+    return principal.tenant
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]

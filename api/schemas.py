@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.spec import FiniteFloat, SamplerName, Strict
-from store.tables import Checkpoint, Run, RunEvent, SampleJob, as_utc
+from store.tables import Checkpoint, Dataset, Run, RunEvent, SampleJob, Sweep, as_utc
 
 RunStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
@@ -132,3 +132,129 @@ class SamplePublic(BaseModel):
                    checkpoint_id=job.checkpoint_id, params=job.params, error=job.error,
                    created_at=_ts(job.created_at), finished_at=_ts(job.finished_at),
                    urls={"self": base, "grid_png": f"{base}/grid.png", "npz": f"{base}/samples.npz"})
+
+
+# ---- datasets ----------------------------------------------------------------------------------
+
+
+class DatasetPublic(BaseModel):
+    """A built-in set (id = its name) or a tenant's upload (id = ds_...); `dataset` is what a
+    RunSpec names it by ("digits", "upload:ds_...")."""
+
+    id: str
+    object: Literal["dataset"] = "dataset"
+    kind: Literal["builtin", "upload"]
+    name: str
+    dataset: str
+    image_size: int
+    channels: int
+    count: int
+    num_classes: int | None
+    labelled: bool
+    available: bool = Field(description="built-ins read from REGDIFF_DATA_DIR: whether the files are there")
+    note: str | None = Field(None, description="what to do when it is not available; a built-in's description")
+    sha256: str | None = Field(None, description="uploads: hash of the canonical stored form (deduplication)")
+    size_bytes: int | None = None
+    created_at: datetime | None = None
+    url: str
+
+    @classmethod
+    def of_upload(cls, ds: Dataset, size_bytes: int | None = None) -> DatasetPublic:
+        info = ds.info
+        return cls(id=ds.id, kind="upload", name=ds.name, dataset=f"upload:{ds.id}", image_size=info["image_size"],
+                   channels=info["channels"], count=info["count"], num_classes=info.get("num_classes"),
+                   labelled=info.get("num_classes") is not None, available=True, sha256=ds.sha256,
+                   size_bytes=size_bytes if size_bytes is not None else info.get("size_bytes"),
+                   created_at=_ts(ds.created_at), url=f"/v1/datasets/{ds.id}")
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+
+
+# ---- sweeps ------------------------------------------------------------------------------------
+
+
+class SweepCreate(Strict):
+    base: dict[str, Any] = Field(default_factory=dict, description="a RunSpec: what every run of the sweep shares")
+    vary: dict[str, list[Any]] = Field(
+        description='dotted paths into the spec and their values; several keys make a grid,'
+        ' e.g. {"lambda": [0, 0.1, 1], "estimator.kind": ["tweedie", "ddim"]}'
+    )
+
+
+class SweepRunPublic(BaseModel):
+    id: str
+    status: RunStatus
+    values: dict[str, Any]
+    step: int
+    total_steps: int
+    progress: float
+    error: str | None
+    url: str
+
+    @classmethod
+    def of(cls, run: Run, values: dict[str, Any]) -> SweepRunPublic:
+        return cls(id=run.id, status=run.status, values=values, step=run.step, total_steps=run.total_steps,
+                   progress=round(run.step / max(run.total_steps, 1), 4), error=run.error, url=f"/v1/runs/{run.id}")
+
+
+SweepStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "partially-failed"]
+
+
+class SweepPublic(BaseModel):
+    id: str
+    object: Literal["sweep"] = "sweep"
+    status: SweepStatus
+    base: dict[str, Any]
+    vary: dict[str, list[Any]]
+    points: int
+    counts: dict[str, int]
+    runs: list[SweepRunPublic]
+    created_at: datetime
+    urls: dict[str, str]
+
+    @classmethod
+    def of(cls, sweep: Sweep, runs: list[Run], status: str, values: list[dict[str, Any]]) -> SweepPublic:
+        base = f"/v1/sweeps/{sweep.id}"
+        counts: dict[str, int] = {}
+        for run in runs:
+            counts[run.status] = counts.get(run.status, 0) + 1
+        return cls(id=sweep.id, status=status, base=sweep.base, vary=sweep.vary, points=len(runs), counts=counts,
+                   runs=[SweepRunPublic.of(r, v) for r, v in zip(runs, values)], created_at=_ts(sweep.created_at),
+                   urls={"self": base, "cancel": f"{base}/cancel", "report": f"{base}/report",
+                         "report_png": f"{base}/report.png", "runs": f"/v1/runs?sweep_id={sweep.id}"})
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepPublic]
+    has_more: bool
+    next_cursor: str | None
+
+
+class SweepReportRow(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    run_id: str
+    status: RunStatus
+    values: dict[str, Any]
+    lambda_: float = Field(alias="lambda")
+    fcd: float | None = Field(description="Frechet classifier distance to the real set (lower is closer)")
+    confidence: float | None = Field(description="the classifier's mean top probability on the samples")
+    classifier_score: float | None
+    penalty_samples: float | None = Field(description="the run's weighted regularizer on its samples")
+    penalty_real: float | None = Field(description="the same on real images")
+    n_samples: int | None
+    seconds: float | None = Field(description="wall time from start to finish (training, preview, evaluation)")
+    error: str | None
+
+
+class SweepReport(BaseModel):
+    object: Literal["sweep_report"] = "sweep_report"
+    sweep_id: str
+    status: SweepStatus
+    keys: list[str]
+    rows: list[SweepReportRow]
+    reference: dict[str, float | None] = Field(
+        description="real data: the penalty, and the classifier's confidence, score and held-out accuracy")
+    markdown: str

@@ -65,7 +65,9 @@ def read_metadata(data: bytes) -> dict[str, str]:
     header = json.loads(data[8 : 8 + length])
     metadata = header.get("__metadata__") or {}
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"not a regdiff training state (format {metadata.get('format')!r}, expected {FORMAT!r})")
+        raise ValueError(
+            f"not a regdiff training state (format {metadata.get('format')!r}, expected {FORMAT!r})"
+        )
     return metadata
 
 
@@ -108,12 +110,13 @@ def load_weights(module: torch.nn.Module, weights: dict[str, Tensor], what: str)
     own = module.state_dict()
     missing, unexpected = own.keys() - weights.keys(), weights.keys() - own.keys()
     if missing or unexpected:
-        raise ValueError(f"{what}: keys differ (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        raise ValueError(
+            f"{what}: keys differ (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
     for key, tensor in own.items():  # in module order, so the first layer that differs is named
-        if weights[key].shape != tensor.shape:
-            raise ValueError(
-                f"{what}: {key} has shape {tuple(weights[key].shape)}, this network needs {tuple(tensor.shape)}"
-            )
+        got, need = tuple(weights[key].shape), tuple(tensor.shape)
+        if got != need:
+            raise ValueError(f"{what}: {key} has shape {got}, this network needs {need}")
     module.load_state_dict(weights)
 
 

@@ -14,7 +14,9 @@ PAD_VALUE = 128  # mid grey: visible against both black and white backgrounds
 
 def grid(images: np.ndarray) -> np.ndarray:
     """uint8 `(N, H, W, C)` -> one uint8 `(rows*(H+PAD)+PAD, cols*(W+PAD)+PAD, C)` near-square grid."""
-    assert images.ndim == 4 and images.dtype == np.uint8, f"need uint8 (N, H, W, C), got {images.dtype} {images.shape}"
+    assert images.ndim == 4 and images.dtype == np.uint8, (
+        f"need uint8 (N, H, W, C), got {images.dtype} {images.shape}"
+    )
     n, h, w, c = images.shape
     cols = max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / cols))

@@ -89,11 +89,18 @@ class Objective:
         target = parameterization.target(self.prediction, x0, noise, a, s)
         loss = (output - target).pow(2).flatten(1).mean(1)  # (B,)
         if self.min_snr_gamma is not None:
-            loss = loss * parameterization.min_snr_weight(self.prediction, self.schedule.snr[t], self.min_snr_gamma)
+            loss = loss * parameterization.min_snr_weight(
+                self.prediction, self.schedule.snr[t], self.min_snr_gamma
+            )
         return loss
 
     def penalty_per_sample(
-        self, net: estimators.Denoiser, output: Tensor, x_t: Tensor, t: Tensor, mask: Tensor,
+        self,
+        net: estimators.Denoiser,
+        output: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+        mask: Tensor,
         generator: torch.Generator,
     ) -> Tensor:
         """L'(x0_hat) `(B,)`, exactly 0 outside the mask.
@@ -111,16 +118,30 @@ class Objective:
         per_sample = output.new_zeros(t.shape)  # (B,)
         if idx.numel() == 0:
             return per_sample
-        grad_steps = estimators.draw_grad_steps(self.estimator.grad_steps, self.estimator.random_cut, generator)
+        grad_steps = estimators.draw_grad_steps(
+            self.estimator.grad_steps, self.estimator.random_cut, generator
+        )
         x0_hat = estimators.ddim_x0(
-            net, x_t[idx], t[idx], self.schedule, self.prediction,
-            steps=self.estimator.steps, grad_steps=grad_steps,
-            checkpointing=self.estimator.checkpointing, first_output=output[idx],
+            net,
+            x_t[idx],
+            t[idx],
+            self.schedule,
+            self.prediction,
+            steps=self.estimator.steps,
+            grad_steps=grad_steps,
+            checkpointing=self.estimator.checkpointing,
+            first_output=output[idx],
         )  # (M, C, H, W)
         return per_sample.index_copy(0, idx, self.penalty(x0_hat))
 
     def __call__(
-        self, net: estimators.Denoiser, x0: Tensor, t: Tensor, noise: Tensor, *, step: int,
+        self,
+        net: estimators.Denoiser,
+        x0: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        *,
+        step: int,
         generator: torch.Generator,
     ) -> LossParts:
         """Loss for a batch x0 `(B, C, H, W)` at times t `(B,)` with noise `(B, C, H, W)`.

@@ -50,14 +50,15 @@ def sample(
     steps: int,
     eta: float,
     generator: torch.Generator,
+    max_batch: int = MAX_BATCH,
 ) -> torch.Tensor:
     """n images `(n, C, H, W)` in [-1, 1]; all randomness comes from `generator`."""
     device = generator.device
-    scheduler.set_timesteps(steps, device=device)
     step_kwargs = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
     out = []
-    for start in range(0, n, MAX_BATCH):
-        b = min(MAX_BATCH, n - start)
+    for start in range(0, n, max_batch):
+        b = min(max_batch, n - start)
+        scheduler.set_timesteps(steps, device=device)  # also resets multistep solvers' history
         x = torch.randn((b, *shape), generator=generator, device=device) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             output = net(scheduler.scale_model_input(x, t), t.expand(b)).sample.float()

@@ -134,6 +134,17 @@ class PreviewSpec(Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
+class EvaluationSpec(Strict):
+    """The end-of-run evaluation (models/evaluation.py): DDIM samples from the EMA weights, scored
+    against the real set. FCD is biased upwards for small N, so compare runs at equal n_samples."""
+
+    n_samples: int | None = Field(
+        None, ge=0, le=10_000, description="samples to score; 0: off; null: the server's REGDIFF_EVAL_SAMPLES"
+    )
+    steps: int = Field(50, ge=1, le=1000, description="DDIM steps per sample")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
 class RunSpec(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -145,6 +156,7 @@ class RunSpec(Strict):
     reg_schedule: RegScheduleSpec = Field(default_factory=RegScheduleSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     preview: PreviewSpec = Field(default_factory=PreviewSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     checkpoint_every: int | None = Field(500, ge=1)
     init_from: str | None = Field(None, description="a checkpoint id to fine-tune from")
     time_limit_seconds: FiniteFloat | None = Field(

@@ -32,16 +32,21 @@ class NonFiniteLoss(ValueError):
     """The loss became NaN/inf; names the first step and the term (diffusion or penalty)."""
 
     def __init__(self, step: int, term: str):
-        super().__init__(f"non-finite {term} loss at step {step}; lower train.lr or lambda, or narrow reg_schedule")
+        super().__init__(
+            f"non-finite {term} loss at step {step}; lower train.lr or lambda, or narrow reg_schedule"
+        )
         self.step = step
         self.term = term
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainHooks:
     on_log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
     on_checkpoint: Callable[[int, bytes], None] = lambda step, state: None
     should_stop: Callable[[], bool] = lambda: False
+
+
+NO_HOOKS = TrainHooks()
 
 
 @dataclass
@@ -53,12 +58,12 @@ class TrainResult:
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
-    """"auto" -> cuda if available else cpu; asking for cuda without one is an error."""
+    """`auto` is cuda if available, else cpu; asking for cuda without one is an error."""
     if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name) if str(name).split(":")[0] in ("cpu", "cuda") else None
-    if device is None:
+    if str(name).split(":")[0] not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {str(name)!r}; allowed: auto, cpu, cuda")
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA device is available")
     return device
@@ -93,8 +98,9 @@ class _Window:
         self.steps = 0
 
     def add(self, parts: LossParts) -> None:
-        self.sums += torch.stack([parts.total, parts.diffusion, parts.penalty_weighted,
-                                  parts.penalty_sum, parts.penalty_count]).detach()
+        self.sums += torch.stack(
+            [parts.total, parts.diffusion, parts.penalty_weighted, parts.penalty_sum, parts.penalty_count]
+        ).detach()
         self.steps += 1
 
     def read(self) -> dict[str, float]:
@@ -102,8 +108,12 @@ class _Window:
         total, diffusion, weighted, pen_sum, pen_count = (self.sums / max(self.steps, 1)).tolist()
         self.sums.zero_()
         self.steps = 0
-        return {"loss": total, "diffusion_loss": diffusion, "penalty_weighted": weighted,
-                "penalty_raw": pen_sum / pen_count if pen_count else 0.0}
+        return {
+            "loss": total,
+            "diffusion_loss": diffusion,
+            "penalty_weighted": weighted,
+            "penalty_raw": pen_sum / pen_count if pen_count else 0.0,
+        }
 
 
 class _FiniteWatch:
@@ -139,7 +149,7 @@ def train(
     data: ImageSet,
     *,
     device: str | torch.device = "auto",
-    hooks: TrainHooks = TrainHooks(),
+    hooks: TrainHooks = NO_HOOKS,
     resume: bytes | None = None,
     init_weights: bytes | None = None,
 ) -> TrainResult:
@@ -183,11 +193,19 @@ def train(
         checkpoint.load_weights(ema, state.ema, "init_weights EMA weights")
 
     def snapshot() -> bytes:
-        return checkpoint.to_bytes(checkpoint.TrainState(
-            spec=spec.to_json(), step=step, image_size=image_size, channels=channels,
-            model=net.state_dict(), ema=ema.state_dict(), optimizer=checkpoint.optimizer_tensors(optimizer),
-            rng={"device": gen.get_state(), "host": host_gen.get_state()}, rng_device=device.type,
-        ))
+        return checkpoint.to_bytes(
+            checkpoint.TrainState(
+                spec=spec.to_json(),
+                step=step,
+                image_size=image_size,
+                channels=channels,
+                model=net.state_dict(),
+                ema=ema.state_dict(),
+                optimizer=checkpoint.optimizer_tensors(optimizer),
+                rng={"device": gen.get_state(), "host": host_gen.get_state()},
+                rng_device=device.type,
+            )
+        )
 
     schedule = make_schedule(spec.model, device)
     objective = Objective(spec, schedule, _penalty(spec))

@@ -69,7 +69,7 @@ def parse_upload(filename: str, data: bytes, limits: UploadLimits = UploadLimits
     members = _read_archive(filename, data, limits)
     if not members:
         raise UploadError(filename, "the archive is empty; allowed: arrays 'images' (+ 'labels'), or images")
-    data_set = _from_npz(members) if suffix == ".npz" else _from_images(members, limits)
+    data_set = _from_npz(members) if suffix == ".npz" else _from_images(filename, members, limits)
     _check_set(filename, data_set, limits)
     return data_set
 
@@ -215,9 +215,9 @@ def _as_labels(labels: np.ndarray | None) -> np.ndarray | None:
 # ---- .zip of images --------------------------------------------------------------------------
 
 
-def _from_images(members: dict[str, bytes], limits: UploadLimits) -> ImageSet:
-    if len(members) > limits.max_images:
-        raise UploadError("archive", f"{len(members):,} files; the limit is {limits.max_images:,} images")
+def _from_images(filename: str, members: dict[str, bytes], limits: UploadLimits) -> ImageSet:
+    if len(members) > limits.max_images:  # before decoding any of them
+        raise UploadError(filename, f"{len(members):,} files; the limit is {limits.max_images:,} images")
     paths = _strip_wrapper([PurePosixPath(name.replace("\\", "/")) for name in members])
     labels = _folder_labels(paths)
     names = list(members)

@@ -7,12 +7,21 @@ REGDIFF_BROKER_URL at Redis; the code path is the same.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and "localhost"; anything else (0.0.0.0, a LAN address, a name) is not."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class Settings(BaseSettings):
@@ -29,6 +38,24 @@ class Settings(BaseSettings):
     queue: str = Field("gpu", description="Celery queue for training and sampling")
     auth: Literal["auto", "required", "off"] = Field(
         "auto", description="auto: API keys required unless the api listens on a loopback address")
+    allow_insecure: bool = Field(
+        False, description="let REGDIFF_AUTH=off serve a non-loopback REGDIFF_HOST (anyone who reaches it is in)")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="browser origins allowed by CORS, comma-separated; empty: CORS off")
+
+    # Limits and quotas (security): a server may tighten RunSpec's own bounds, never widen them.
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest JSON request body")
+    max_upload_bytes: int = Field(64 << 20, ge=1024, description="largest POST /v1/datasets body (multipart)")
+    max_train_steps: int = Field(200_000, ge=1, description="largest train.steps a run may ask for")
+    max_batch_size: int = Field(1024, ge=1, description="largest train.batch_size")
+    max_image_size: int = Field(64, ge=8, description="largest image side (pixels) of a run's dataset")
+    max_queued_runs: int = Field(
+        20, ge=1, description="queued runs per tenant; POST /v1/runs beyond it is a 429 with Retry-After")
+    max_running_runs: int = Field(
+        4, ge=1, description="running runs per tenant; a worker leaves further runs queued until one ends")
+    rate_limit_per_minute: float = Field(
+        600, ge=0, description="requests per minute per API key (token bucket, per api process); 0: off")
+    rate_limit_burst: int = Field(60, ge=1, description="requests a key may send at once before the rate applies")
 
     lease_seconds: float = Field(30.0, gt=0, description="a running job's lease; renewed every third of it")
     max_attempts: int = Field(3, ge=1, description="claims of one run before it fails")
@@ -39,6 +66,41 @@ class Settings(BaseSettings):
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept per run besides the final one")
     max_sample_n: int = Field(256, ge=1)
     eval_samples: int = Field(64, ge=0, description="samples drawn for the end-of-run evaluation (0: off)")
+    eval_classifier_steps: int = Field(
+        500, ge=1, description="training steps of the evaluation classifier (trained once per dataset, cached)")
+
+    # Datasets and sweeps. The upload's byte limit is max_upload_bytes above (one knob for the
+    # body-size middleware and the handler); the image side limit is max_image_size.
+    max_upload_images: int = Field(100_000, ge=1, description="most images in one dataset upload")
+    max_upload_uncompressed_bytes: int = Field(
+        256 << 20, ge=1, description="an upload's archive members together, decompressed (zip bombs)")
+    upload_channels: tuple[int, ...] = Field((1, 3), description="channel counts an upload may have")
+    max_sweep_points: int = Field(32, ge=1, description="most runs one sweep may create")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_insecure(self) -> Settings:
+        """Outside loopback, switching authentication off needs an explicit, named override."""
+        if self.auth == "off" and not is_loopback(self.host) and not self.allow_insecure:
+            raise ValueError(
+                f"REGDIFF_AUTH=off with REGDIFF_HOST={self.host} would let anyone who reaches this address"
+                " use the api without a key; use REGDIFF_AUTH=auto or required (create keys with"
+                " `regdiff-admin keys create --tenant NAME`), or set REGDIFF_ALLOW_INSECURE=true"
+            )
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Keys required: REGDIFF_AUTH=required, or auto with a non-loopback REGDIFF_HOST."""
+        if self.auth != "auto":
+            return self.auth == "required"
+        return not is_loopback(self.host)
 
     @property
     def resolved_database_url(self) -> str:

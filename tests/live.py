@@ -29,6 +29,10 @@ FAST = {
     "REGDIFF_LOG_FLUSH_SECONDS": "0",
     "REGDIFF_DEVICE": "cpu",
     "REGDIFF_EVAL_SAMPLES": "0",
+    # Small upload limits so the oversize and zip-bomb tests send and build little; a quick classifier.
+    "REGDIFF_MAX_UPLOAD_BYTES": str(4 << 20),
+    "REGDIFF_MAX_UPLOAD_UNCOMPRESSED_BYTES": str(32 << 20),
+    "REGDIFF_EVAL_CLASSIFIER_STEPS": "150",
 }
 
 

@@ -20,4 +20,6 @@ def load_images(name: str, *, tenant: str) -> datasets.ImageSet:
         if data is None:
             raise LookupError(f"dataset {name!r} no longer exists")
         return uploads.read_npz_bytes(data)
-    return datasets.load_builtin(name, settings.cache_dir)
+    # mnist, fashion-mnist and cifar10 are read from REGDIFF_DATA_DIR; never downloaded unless allowed.
+    return datasets.load_builtin(name, settings.cache_dir, data_dir=settings.resolved_data_dir,
+                                 allow_download=settings.allow_download)

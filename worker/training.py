@@ -15,11 +15,12 @@ from models.images import grid_png
 from models.samplers import sample_from_state
 from models.spec import RunSpec
 from models.trainer import NonFiniteLoss, TrainHooks, resolve_device, train
-from store import leases, runs
+from store import leases, quotas, runs
 from store.db import session_scope
 from store.settings import get_settings
 from store.tables import Run, SampleJob, as_utc
 from worker.data import load_images
+from worker.evaluation import evaluate_final
 from worker.heartbeat import Heartbeat
 from worker.samples import npz_bytes
 
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 def run_training(run_id: str, *, owner: str) -> None:
     settings = get_settings()
     with session_scope() as session:
+        if quotas.over_running_cap(session=session, run_id=run_id, cap=settings.max_running_runs):
+            # Stays queued; the reconciler re-enqueues it after REGDIFF_REQUEUE_AFTER_SECONDS.
+            log.info("run %s: its tenant already has %d running runs (REGDIFF_MAX_RUNNING_RUNS); left queued",
+                     run_id, settings.max_running_runs)
+            return
         claim = leases.claim(session, Run, run_id, owner=owner, lease_seconds=settings.lease_seconds)
     if not claim.won:
         log.info("run %s: not claimable (done, cancelled or owned elsewhere); message dropped", run_id)
@@ -85,11 +91,13 @@ def _train(run_id: str, *, owner: str) -> None:
         progress.flush(result.steps_done, result.metrics)
         images = sample_from_state(result.state, n=spec.preview.n, sampler=spec.preview.sampler,
                                    steps=spec.preview.steps, eta=0.0, seed=spec.preview.seed, device=device)
+        scores = evaluate_final(run_id, spec, result.state, data, device=device)  # None when off
         with session_scope() as session:
             ckpt_id = runs.save_checkpoint(session=session, run_id=run_id, step=result.steps_done,
                                            data=result.state, is_final=True, keep=settings.keep_checkpoints)
             session.add(_preview_job(run_id, tenant, ckpt_id, spec, images))
-            runs.set_status(session=session, run_id=run_id, status="succeeded", step=result.steps_done)
+            runs.set_status(session=session, run_id=run_id, status="succeeded", step=result.steps_done,
+                            evaluation=scores)
 
 
 def _init_weights(session, tenant: str, checkpoint_id: str | None) -> bytes | None:

@@ -10,8 +10,10 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
+from api import limits
 from api.deps import OwnedRun, SessionDep, TenantDep
 from api.errors import PROBLEM_RESPONSES, Problem, invalid
+from api.routers.datasets import check_builtin_available
 from api.schemas import (
     CheckpointPublic,
     CheckpointsPublic,
@@ -26,6 +28,7 @@ from models import networks
 from models.spec import RunSpec
 from store import runs
 from store.db import new_session
+from store.settings import get_settings
 from store.tables import Dataset, Run
 from worker.celery_app import enqueue_train
 
@@ -35,8 +38,10 @@ PNG = {200: {"content": {"image/png": {}}}}
 
 
 def check_dataset(session: SessionDep, tenant: str, spec: RunSpec) -> None:
-    """Uploads are checked here (the spec alone cannot see the database)."""
+    """Uploads are checked here (the spec alone cannot see the database), and built-ins read from
+    REGDIFF_DATA_DIR are checked to be there, so a run on absent files fails now, not in the worker."""
     if not spec.dataset.startswith("upload:"):
+        check_builtin_available(spec.dataset, get_settings())
         return
     info = session.scalar(
         select(Dataset.info).where(Dataset.id == spec.dataset.removeprefix("upload:"), Dataset.tenant == tenant)
@@ -53,6 +58,9 @@ def submit(session: SessionDep, tenant: str, spec: RunSpec, *, idempotency_key: 
            sweep_id: str | None = None) -> tuple[Run, bool]:
     """Validate against the database, store the run, then wake a worker (after the commit)."""
     check_dataset(session, tenant, spec)
+    settings = get_settings()
+    limits.check_spec(session, settings, tenant, spec)
+    limits.check_run_quota(session, settings, tenant, idempotency_key=idempotency_key)
     try:
         run, created = runs.create_run(session=session, tenant=tenant, spec=spec.to_json(),
                                        idempotency_key=idempotency_key, sweep_id=sweep_id)

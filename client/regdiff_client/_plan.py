@@ -13,11 +13,14 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
 from ._errors import JobFailedError, RegdiffError, WaitTimeoutError, connection_error
+
+if TYPE_CHECKING:
+    from ._http import AsyncTransport, SyncTransport
 
 T = TypeVar("T")
 
@@ -78,7 +81,7 @@ def _is_event_stream(response: httpx.Response) -> bool:
 
 
 class SyncRunner:
-    def __init__(self, transport: Any):
+    def __init__(self, transport: SyncTransport):
         self._transport = transport
 
     def run(self, plan: Plan[T]) -> T:
@@ -89,7 +92,7 @@ class SyncRunner:
             items.close()
 
     def iterate(self, plan: Plan[Any]) -> Generator[Any, None, None]:
-        stream: list[Any] = []  # [response, lines] while a stream is open
+        stream: list[Any] = []  # [response, its line iterator] while this plan has a stream open
         reply: Any = None
         error: BaseException | None = None
         try:
@@ -134,7 +137,7 @@ class SyncRunner:
 
 
 class AsyncRunner:
-    def __init__(self, transport: Any):
+    def __init__(self, transport: AsyncTransport):
         self._transport = transport
 
     async def run(self, plan: Plan[T]) -> T:

@@ -24,11 +24,11 @@ class RunProgress:
         if self._bar is None:
             self._bar = tqdm(total=run.total_steps, desc=run.id, unit="step", dynamic_ncols=True)
         self._bar.total = run.total_steps
-        self._bar.n = run.step
         losses = [
             f"{k}={run.metrics[k]:.4g}" for k in SHOWN_METRICS if isinstance(run.metrics.get(k), (int, float))
         ]
         self._bar.set_postfix_str(" ".join([run.status, *losses]), refresh=False)
+        self._bar.update(run.step - self._bar.n)  # update(), not n=: tqdm's rate estimate needs it
         self._bar.refresh()
 
     def __enter__(self) -> Self:

@@ -116,6 +116,15 @@ def _show_run(run: Run, as_json: bool) -> None:
     _table(["FIELD", "VALUE"], rows)
 
 
+def _read_spec(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise typer.BadParameter(f"{path} is not JSON: {exc}", param_hint="--spec") from None
+
+
 def _exit_for(run: Run) -> None:
     """Nonzero when a followed run did not succeed (the failure is already on stderr)."""
     if run.status != "succeeded":
@@ -150,19 +159,17 @@ def runs_create(
         "train": {k: v for k, v in (("steps", steps), ("batch_size", batch_size)) if v is not None} or None,
         "model": {"preset": preset} if preset else None,
     }
-    base = json.loads(spec.read_text()) if spec else None
-    client = ctx.obj
-    run = client.runs.create(spec=build_spec(base, {k: v for k, v in fields.items() if v is not None}))
+    run = ctx.obj.runs.create(
+        spec=build_spec(_read_spec(spec), {k: v for k, v in fields.items() if v is not None})
+    )
     if not as_json:
         typer.echo(f"Created {run.id} ({run.status})")
     if wait:
-        run = client.runs.wait(run.id, raise_on_failure=False)
-    if as_json:
-        _print_json(run.raw)
-    elif wait:
-        _show_run(run, as_json=False)
-    if wait:
+        run = ctx.obj.runs.wait(run.id, raise_on_failure=False)
+        _show_run(run, as_json)
         _exit_for(run)
+    elif as_json:
+        _print_json(run.raw)
 
 
 @runs_app.command("list")
@@ -303,7 +310,7 @@ def sweeps_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Start one run per combination of the --vary values."""
-    sweep = ctx.obj.sweeps.create(base=json.loads(spec.read_text()) if spec else {}, vary=_parse_vary(vary))
+    sweep = ctx.obj.sweeps.create(base=_read_spec(spec) or {}, vary=_parse_vary(vary))
     if as_json:
         _print_json(sweep.raw)
     else:

@@ -26,7 +26,9 @@ class Reply:
     truncate: bool = False  # promise more bytes than sent, then close (a dropped stream)
 
 
-def problem(status: int, title: str, detail: str = "", errors: list[dict[str, str]] | None = None, **headers: str):
+def problem(
+    status: int, title: str, detail: str = "", errors: list[dict[str, str]] | None = None, **headers: str
+):
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if errors is not None:
         body["errors"] = errors
@@ -37,7 +39,11 @@ def sse(*events: tuple[int, str, dict[str, Any]], truncate: bool = False, end: b
     """An event-stream body: (id, type, data) per event; `end` adds the server's closing message."""
     text = "".join(f"id: {i}\nevent: {kind}\ndata: {json.dumps(data)}\n\n" for i, kind, data in events)
     text += "event: end\ndata: {}\n\n" if end else ""
-    return Reply(body=(": keep-alive\n\n" + text).encode(), headers={"Content-Type": "text/event-stream"}, truncate=truncate)
+    return Reply(
+        body=(": keep-alive\n\n" + text).encode(),
+        headers={"Content-Type": "text/event-stream"},
+        truncate=truncate,
+    )
 
 
 @dataclass

@@ -45,7 +45,10 @@ def test_validation_error_names_the_field(api, regdiff):
     assert "train.steps: Input should be greater than or equal to 1" in result.stderr
 
 
-def test_usage_errors_exit_2(regdiff):
+def test_usage_errors_exit_2(regdiff, tmp_path):
+    not_json = tmp_path / "spec.json"
+    not_json.write_text("{dataset: digits")
+    assert regdiff("runs", "create", "--spec", str(not_json)).exit_code == 2
     assert regdiff("runs", "get").exit_code == 2
     assert regdiff("runs", "create", "--steps", "many").exit_code == 2
     assert regdiff("sweeps", "create", "--vary", "lambda").exit_code == 2
@@ -56,8 +59,19 @@ def test_create_builds_the_spec_from_a_file_and_flags(api, regdiff, tmp_path):
     spec.write_text(json.dumps({"dataset": "digits", "train": {"steps": 100, "batch_size": 8}, "lambda": 1}))
     api.on("POST", "/v1/runs", Reply(201, json=run_json("r9")))
     result = regdiff(
-        "runs", "create", "--spec", str(spec), "--lambda", "0.1", "--steps", "20", "--preset", "unet-xs",
-        "--regularizer", "tv", "--json",
+        "runs",
+        "create",
+        "--spec",
+        str(spec),
+        "--lambda",
+        "0.1",
+        "--steps",
+        "20",
+        "--preset",
+        "unet-xs",
+        "--regularizer",
+        "tv",
+        "--json",
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["id"] == "r9"
@@ -102,12 +116,17 @@ def test_samples_writes_the_grid(api, regdiff, tmp_path):
 
 def test_sweeps_and_datasets(api, regdiff, tmp_path):
     api.on("POST", "/v1/sweeps", Reply(201, json={"id": "sw_1", "run_ids": ["a", "b", "c"]}))
-    api.on("GET", "/v1/sweeps/sw_1/report", Reply(json={"sweep": "sw_1", "runs": [{"lambda": 0, "tv": 0.25}]}))
+    api.on(
+        "GET", "/v1/sweeps/sw_1/report", Reply(json={"sweep": "sw_1", "runs": [{"lambda": 0, "tv": 0.25}]})
+    )
     api.on("POST", "/v1/datasets", Reply(201, json={"id": "ds_1"}))
     api.on("GET", "/v1/datasets", Reply(json={"data": [{"id": "ds_1", "name": "mine"}], "has_more": False}))
     created = regdiff("sweeps", "create", "--vary", "lambda=0,0.1,1", "--vary", "regularizer=tv,l1")
     assert created.exit_code == 0 and "3 runs" in created.stdout
-    assert api.requests("POST", "/v1/sweeps")[0].json()["vary"] == {"lambda": [0, 0.1, 1], "regularizer": ["tv", "l1"]}
+    assert api.requests("POST", "/v1/sweeps")[0].json()["vary"] == {
+        "lambda": [0, 0.1, 1],
+        "regularizer": ["tv", "l1"],
+    }
     report = regdiff("sweeps", "report", "sw_1")
     assert "0.25" in report.stdout and "lambda" in report.stdout
     data = tmp_path / "d.npz"

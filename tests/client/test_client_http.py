@@ -96,7 +96,11 @@ def test_problem_json_maps_to_typed_errors(api, status, cls):
 
 
 def test_error_without_problem_body_still_typed(api):
-    api.on("GET", "/v1/runs/r1", Reply(502, body=b"<html>bad gateway</html>", headers={"Content-Type": "text/html"}))
+    api.on(
+        "GET",
+        "/v1/runs/r1",
+        Reply(502, body=b"<html>bad gateway</html>", headers={"Content-Type": "text/html"}),
+    )
     with rd.Client(api.url, max_retries=0) as client, pytest.raises(rd.InternalServerError) as info:
         client.runs.get("r1")
     assert info.value.status == 502
@@ -127,9 +131,9 @@ def free_port() -> int:
 def test_connection_refused_raises_after_retries(caplog):
     caplog.set_level(logging.INFO, logger="regdiff_client")
     start = time.monotonic()
-    with rd.Client(f"http://127.0.0.1:{free_port()}", max_retries=2, max_backoff=0.01) as client:
-        with pytest.raises(rd.APIConnectionError) as info:
-            client.runs.get("r1")
+    client = rd.Client(f"http://127.0.0.1:{free_port()}", max_retries=2, max_backoff=0.01)
+    with client, pytest.raises(rd.APIConnectionError) as info:
+        client.runs.get("r1")
     assert not isinstance(info.value, rd.APITimeoutError)
     assert info.value.status is None
     assert [r.getMessage().split(" in ")[0] for r in caplog.records] == ["retrying GET /v1/runs/r1"] * 2

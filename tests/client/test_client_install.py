@@ -22,7 +22,7 @@ HEAVY = ("torch", "numpy", "PIL", "diffusers", "api", "models", "worker", "store
 
 
 def run(*args: str | Path) -> str:
-    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([str(a) for a in args], check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{args}\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -36,7 +36,19 @@ def test_pip_install_client_into_a_fresh_venv(tmp_path):
     source = tmp_path / "client"  # a copy: the build must not write into the repository
     shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     dist = tmp_path / "dist"
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-index", "--no-build-isolation", "--no-deps", "-w", dist, source)
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-index",
+        "--no-build-isolation",
+        "--no-deps",
+        "-w",
+        dist,
+        source,
+    )
     (wheel,) = dist.glob("regdiff_client-*.whl")
     venv = tmp_path / "venv"
     run(getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", venv)
@@ -46,7 +58,9 @@ def test_pip_install_client_into_a_fresh_venv(tmp_path):
     site = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip())
     (site / "zz_borrowed_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
-    requires = run(python, "-c", "import importlib.metadata as m; print('\\n'.join(m.requires('regdiff-client')))")
+    requires = run(
+        python, "-c", "import importlib.metadata as m; print('\\n'.join(m.requires('regdiff-client')))"
+    )
     names = {line.split(";")[0].split(">")[0].split("<")[0].strip().lower() for line in requires.splitlines()}
     assert names == {"httpx", "tqdm", "typer", "numpy", "pillow"}
     assert all("extra ==" in line for line in requires.splitlines() if line.startswith(("numpy", "pillow")))

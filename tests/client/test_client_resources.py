@@ -27,7 +27,13 @@ def paged_runs(seen):
     start = ids.index(seen.query["after"]) + 1 if "after" in seen.query else 0
     page = ids[start : start + 2]
     has_more = start + 2 < len(ids)
-    return Reply(json={"data": [run_json(i) for i in page], "has_more": has_more, "next_cursor": page[-1] if has_more else None})
+    return Reply(
+        json={
+            "data": [run_json(i) for i in page],
+            "has_more": has_more,
+            "next_cursor": page[-1] if has_more else None,
+        }
+    )
 
 
 def test_list_follows_cursors_across_pages(api):
@@ -111,7 +117,9 @@ def test_events_without_an_end_message_reconnect_until_the_run_is_over(api):
         sse(event(2)),  # closes cleanly after the run ended: one JSON page catches the rest
         Reply(json={"data": [event(3)[2]], "has_more": False}),
     )
-    api.on("GET", "/v1/runs/r1", Reply(json=run_json("r1", "running")), Reply(json=run_json("r1", "succeeded")))
+    api.on(
+        "GET", "/v1/runs/r1", Reply(json=run_json("r1", "running")), Reply(json=run_json("r1", "succeeded"))
+    )
     with client_for(api) as client:
         assert [e.id for e in client.runs.events("r1")] == [1, 2, 3]
     opened = api.requests("GET", "/v1/runs/r1/events")
@@ -137,10 +145,16 @@ def test_events_fall_back_to_polling_json_pages(api, no_stream):
         return no_stream if seen.headers.get("accept") == "text/event-stream" else pages.pop(0)
 
     api.on("GET", "/v1/runs/r1/events", events)
-    api.on("GET", "/v1/runs/r1", Reply(json=run_json("r1", "running")), Reply(json=run_json("r1", "succeeded")))
+    api.on(
+        "GET", "/v1/runs/r1", Reply(json=run_json("r1", "running")), Reply(json=run_json("r1", "succeeded"))
+    )
     with client_for(api) as client:
         assert [e.id for e in client.runs.events("r1")] == [1, 2, 3]
-    polled = [s.query for s in api.requests("GET", "/v1/runs/r1/events") if s.headers.get("accept") != "text/event-stream"]
+    polled = [
+        s.query
+        for s in api.requests("GET", "/v1/runs/r1/events")
+        if s.headers.get("accept") != "text/event-stream"
+    ]
     assert polled == [{}, {"after": "2"}, {"after": "3"}]
 
 
@@ -172,7 +186,9 @@ def test_samples_create_wait_and_fetch(api, tmp_path):
     job = {"id": "smp_1", "object": "sample", "status": "queued", "run_id": "r1", "params": {"n": 2}}
     api.on("POST", "/v1/runs/r1/samples", Reply(202, json=job))
     api.on("GET", "/v1/samples/smp_1", Reply(json={**job, "status": "succeeded"}))
-    api.on("GET", "/v1/samples/smp_1/grid.png", Reply(body=png_bytes(), headers={"Content-Type": "image/png"}))
+    api.on(
+        "GET", "/v1/samples/smp_1/grid.png", Reply(body=png_bytes(), headers={"Content-Type": "image/png"})
+    )
     api.on("GET", "/v1/samples/smp_1/samples.npz", Reply(body=npz_bytes(images)))
     with client_for(api) as client:
         created = client.samples.create("r1", n=2, sampler="ddim", steps=10)
@@ -192,7 +208,9 @@ def test_samples_create_wait_and_fetch(api, tmp_path):
 
 def test_async_client_mirrors_runs_and_samples(api):
     api.on("GET", "/v1/runs", paged_runs)
-    api.on("GET", "/v1/runs/r1", Reply(json=run_json("r1", "running")), Reply(json=run_json("r1", "succeeded")))
+    api.on(
+        "GET", "/v1/runs/r1", Reply(json=run_json("r1", "running")), Reply(json=run_json("r1", "succeeded"))
+    )
     api.on("POST", "/v1/runs/r1/cancel", Reply(json=run_json("r1", "cancelling")))
     api.on("POST", "/v1/runs/r1/samples", Reply(202, json={"id": "smp_1", "status": "succeeded"}))
     api.on("GET", "/v1/samples/smp_1/grid.png", Reply(body=png_bytes()))
@@ -214,7 +232,10 @@ def test_async_client_mirrors_runs_and_samples(api):
 def multipart_parts(seen) -> dict[str, bytes]:
     head = f"Content-Type: {seen.headers['content-type']}\r\n\r\n".encode()
     message = email.message_from_bytes(head + seen.body, policy=email.policy.HTTP)
-    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True) for part in message.iter_parts()}
+    return {
+        part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+        for part in message.iter_parts()
+    }
 
 
 def test_dataset_upload_of_an_array_sends_an_npz(api):
@@ -263,7 +284,10 @@ def test_checkpoints_sweeps_and_service_calls(api, tmp_path):
         regularizers = client.regularizers()
         health = client.health()
     assert (checkpoint.step, path.read_bytes()) == (10, b"abc")
-    assert api.requests("POST", "/v1/sweeps")[0].json() == {"base": {"dataset": "digits"}, "vary": {"lambda": [0, 1]}}
+    assert api.requests("POST", "/v1/sweeps")[0].json() == {
+        "base": {"dataset": "digits"},
+        "vary": {"lambda": [0, 1]},
+    }
     assert sweep.run_ids == ["a", "b"] and report["runs"][0]["tv"] == 0.2
     assert regularizers == [{"name": "tv"}] and health == {"status": "ok"}
 
@@ -278,5 +302,10 @@ def test_results_keep_unknown_fields_and_default_nulls():
 def test_build_spec_keywords_override_and_merge_one_level():
     base = {"dataset": "digits", "train": {"steps": 100, "batch_size": 16}, "lambda": 1}
     spec = build_spec(base, {"lambda_": 0.5, "train": {"steps": 5}, "checkpoint_every": None})
-    assert spec == {"dataset": "digits", "train": {"steps": 5, "batch_size": 16}, "lambda": 0.5, "checkpoint_every": None}
+    assert spec == {
+        "dataset": "digits",
+        "train": {"steps": 5, "batch_size": 16},
+        "lambda": 0.5,
+        "checkpoint_every": None,
+    }
     assert base["train"]["steps"] == 100  # the caller's dict is untouched

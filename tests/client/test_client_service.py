@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import pytest
 from PIL import Image
@@ -35,40 +36,40 @@ def trained(service):
 
 
 @pytest.fixture
-def client(service):
+def sdk(service):
     with rd.Client(service.url) as client:
         yield client
 
 
-def test_create_wait_and_save_the_grid(trained, client, tmp_path):
+def test_create_wait_and_save_the_grid(trained, sdk, tmp_path):
     assert (trained.status, trained.step, trained.done) == ("succeeded", 20, True)
     assert "loss" in trained.metrics
-    path = client.runs.save_grid(trained.id, tmp_path / "grid.png")
+    path = sdk.runs.save_grid(trained.id, tmp_path / "grid.png")
     with Image.open(path) as grid:
         grid.load()
         assert grid.format == "PNG"
-    assert client.runs.samples_png(trained.id) == path.read_bytes()
+    assert sdk.runs.samples_png(trained.id) == path.read_bytes()
 
 
-def test_events_metrics_and_checkpoints(trained, client, tmp_path):
-    events = list(client.runs.events(trained.id))  # SSE; ends because the run is over
+def test_events_metrics_and_checkpoints(trained, sdk, tmp_path):
+    events = list(sdk.runs.events(trained.id))  # SSE; ends because the run is over
     assert events and all(isinstance(e, rd.Event) for e in events)
     assert [e.id for e in events] == sorted(e.id for e in events)
-    assert list(client.runs.events(trained.id, after=events[-1].id)) == []
-    assert client.runs.metrics(trained.id)["loss"][-1][0] <= 20
-    checkpoints = client.checkpoints.list(trained.id)
+    assert list(sdk.runs.events(trained.id, after=events[-1].id)) == []
+    assert sdk.runs.metrics(trained.id)["loss"][-1][0] <= 20
+    checkpoints = sdk.checkpoints.list(trained.id)
     assert checkpoints[-1].step == 20
-    saved = client.checkpoints.download(checkpoints[-1].id, tmp_path / "final.safetensors")
+    saved = sdk.checkpoints.download(checkpoints[-1].id, tmp_path / "final.safetensors")
     assert saved.stat().st_size == checkpoints[-1].size
 
 
-def test_samples_on_demand(trained, client):
-    job = client.samples.create(trained.id, n=2, steps=5, seed=1)
-    done = client.samples.wait(job.id, timeout=TIMEOUT)
+def test_samples_on_demand(trained, sdk):
+    job = sdk.samples.create(trained.id, n=2, steps=5, seed=1)
+    done = sdk.samples.wait(job.id, timeout=TIMEOUT)
     assert done.status == "succeeded"
-    images = client.samples.array(done.id)
+    images = sdk.samples.array(done.id)
     assert images.shape[0] == 2 and images.dtype.name == "uint8"
-    assert client.samples.grid_png(done.id).startswith(b"\x89PNG")
+    assert sdk.samples.grid_png(done.id).startswith(b"\x89PNG")
 
 
 def test_async_client_reads_the_same_run(trained, service):
@@ -82,29 +83,30 @@ def test_async_client_reads_the_same_run(trained, service):
     assert run.status == "succeeded" and trained.id in listed
 
 
-def test_bad_spec_raises_unprocessable_with_the_field(client):
+def test_bad_spec_raises_unprocessable_with_the_field(sdk):
     with pytest.raises(rd.UnprocessableEntityError) as info:
-        client.runs.create(spec=TINY, train={"steps": 0})
+        sdk.runs.create(spec=TINY, train={"steps": 0})
     assert info.value.status == 422
     assert info.value.field == "train.steps"
     assert "greater than or equal to 1" in info.value.errors[0]["message"]
 
 
-def test_missing_run_raises_not_found(client):
+def test_missing_run_raises_not_found(sdk):
     with pytest.raises(rd.NotFoundError):
-        client.runs.get("run_does_not_exist")
+        sdk.runs.get("run_does_not_exist")
 
 
-def test_idempotent_create_then_cancel_and_delete(client):
+def test_idempotent_create_then_cancel_and_delete(sdk):
     slow = {**TINY, "train": {"steps": 100_000, "batch_size": 16}}
-    first = client.runs.create(spec=slow, idempotency_key="client-test-key")
-    again = client.runs.create(spec=slow, idempotency_key="client-test-key")
+    key = str(uuid.uuid4())
+    first = sdk.runs.create(spec=slow, idempotency_key=key)
+    again = sdk.runs.create(spec=slow, idempotency_key=key)
     assert again.id == first.id
-    client.runs.cancel(first.id)
-    assert client.runs.wait(first.id, timeout=TIMEOUT, progress=False).status == "cancelled"
-    client.runs.delete(first.id)
+    sdk.runs.cancel(first.id)
+    assert sdk.runs.wait(first.id, timeout=TIMEOUT, progress=False).status == "cancelled"
+    sdk.runs.delete(first.id)
     with pytest.raises(rd.NotFoundError):
-        client.runs.get(first.id)
+        sdk.runs.get(first.id)
 
 
 def test_cli_exit_codes_and_json(trained, service):

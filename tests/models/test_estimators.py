@@ -46,7 +46,7 @@ def test_ddim_timesteps_go_from_t_down_to_t_over_k():
     times = estimators.ddim_timesteps(t, 4)
     assert torch.equal(times[0], t)
     assert torch.equal(times[-1], t // 4)
-    assert all(torch.all(later <= earlier) for earlier, later in zip(times, times[1:]))
+    assert all(torch.all(later <= earlier) for earlier, later in zip(times, times[1:], strict=False))
 
 
 @pytest.mark.parametrize("steps,grad_steps", [(4, 1), (4, 2), (3, 3)])
@@ -68,7 +68,7 @@ def test_truncation_gradient_equals_one_step_from_the_detached_state():
         a, s = SCHEDULE.coeffs(t_1)
         x_1 = a * x0_0 + s * eps_0
     TV(estimators.tweedie_x0(net(x_1, t_1), x_1, t_1, SCHEDULE, "epsilon")).sum().backward()
-    for got, want in zip(truncated, (p.grad for p in net.parameters())):
+    for got, want in zip(truncated, (p.grad for p in net.parameters()), strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -86,11 +86,12 @@ def test_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
         net, (x_t, t) = TinyNet(), batch()
-        x0 = estimators.ddim_x0(net, x_t, t, SCHEDULE, "v_prediction", steps=4, grad_steps=3,
-                                checkpointing=checkpointing)
+        x0 = estimators.ddim_x0(
+            net, x_t, t, SCHEDULE, "v_prediction", steps=4, grad_steps=3, checkpointing=checkpointing
+        )
         TV(x0).sum().backward()
         grads.append([p.grad for p in net.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
 
 

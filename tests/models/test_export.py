@@ -14,8 +14,13 @@ from models.trainer import train
 
 
 def tiny_state() -> bytes:
-    spec = RunSpec.model_validate({"model": {"prediction": "sample", "schedule": "squaredcos_cap_v2"},
-                                   "train": {"steps": 2, "batch_size": 8}, "checkpoint_every": None})
+    spec = RunSpec.model_validate(
+        {
+            "model": {"prediction": "sample", "schedule": "squaredcos_cap_v2"},
+            "train": {"steps": 2, "batch_size": 8},
+            "checkpoint_every": None,
+        }
+    )
     return train(spec, load_builtin("digits"), device="cpu").state
 
 
@@ -26,8 +31,9 @@ def test_export_loads_in_ddpm_pipeline_and_samples(tmp_path):
     assert pipeline.scheduler.config.beta_schedule == "squaredcos_cap_v2"
     ema = checkpoint.from_bytes(state).ema
     assert all(torch.equal(v, ema[k]) for k, v in pipeline.unet.state_dict().items())
-    images = pipeline(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
-                      output_type="np").images
+    images = pipeline(
+        batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
 
 
@@ -35,6 +41,10 @@ def test_export_zip_holds_the_folder():
     with zipfile.ZipFile(io.BytesIO(export_zip(tiny_state()))) as archive:
         names = set(archive.namelist())
         spec = json.loads(archive.read("regdiff_spec.json"))
-    assert {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-            "scheduler/scheduler_config.json"} <= names
+    assert {
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    } <= names
     assert spec["step"] == 2 and spec["spec"]["model"]["prediction"] == "sample"

@@ -46,9 +46,11 @@ def test_outside_the_mask_the_gradient_is_the_vanilla_one():
     grads = []
     for lam in (1.0, 0.0):
         net = unet()
-        make(**{"lambda": lam})(denoiser(net, False), x0, t, noise, step=0, generator=torch.Generator()).total.backward()
+        make(**{"lambda": lam})(
+            denoiser(net, False), x0, t, noise, step=0, generator=torch.Generator()
+        ).total.backward()
         grads.append([p.grad for p in net.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
 def test_every_n_steps_keeps_the_expected_weight():
@@ -69,7 +71,12 @@ def test_weightings(weighting):
     obj = make(reg_schedule={"weighting": weighting, "gamma": 5.0})
     t = torch.tensor([0, 100, 900])
     snr = obj.schedule.snr[t]
-    expected = {"none": torch.ones(3), "snr": snr, "min_snr": snr.clamp(max=5.0), "alpha_bar": obj.schedule.abar[t]}
+    expected = {
+        "none": torch.ones(3),
+        "snr": snr,
+        "min_snr": snr.clamp(max=5.0),
+        "alpha_bar": obj.schedule.abar[t],
+    }
     torch.testing.assert_close(obj.weight(t), expected[weighting])
 
 
@@ -102,13 +109,18 @@ def test_parts_combine_per_sample():
 
 
 def test_min_snr_weights_the_diffusion_loss():
-    obj, plain = make(model={"prediction": "sample", "min_snr_gamma": 5.0}), make(model={"prediction": "sample"})
+    obj, plain = (
+        make(model={"prediction": "sample", "min_snr_gamma": 5.0}),
+        make(model={"prediction": "sample"}),
+    )
     net = denoiser(unet(), False)
     x0, t, noise = batch([0, 300])
     x_t = obj.schedule.add_noise(x0, t, noise)
     output = net(x_t, t)
     weights = obj.schedule.snr[t].clamp(max=5.0)
-    torch.testing.assert_close(obj.diffusion_loss(output, x0, noise, t), plain.diffusion_loss(output, x0, noise, t) * weights)
+    torch.testing.assert_close(
+        obj.diffusion_loss(output, x0, noise, t), plain.diffusion_loss(output, x0, noise, t) * weights
+    )
 
 
 @pytest.mark.parametrize("weighting", ["none", "snr"])

@@ -12,7 +12,10 @@ def batch():
     g = torch.Generator().manual_seed(0)
     abar = make_schedule(ModelSpec(schedule="squaredcos_cap_v2")).abar.double()
     t = torch.tensor([0, 1, 100, 500, 900, 999])
-    a, s = abar[t].sqrt().view(-1, 1, 1, 1), (1 - abar[t]).sqrt().view(-1, 1, 1, 1)  # a^2 + s^2 = 1 in float64
+    a, s = (
+        abar[t].sqrt().view(-1, 1, 1, 1),
+        (1 - abar[t]).sqrt().view(-1, 1, 1, 1),
+    )  # a^2 + s^2 = 1 in float64
     x0 = torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
     eps = torch.randn(6, 1, 4, 4, generator=g, dtype=torch.float64)
     return x0, eps, a * x0 + s * eps, a, s

@@ -2,19 +2,26 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from models import checkpoint
 from models.datasets import load_builtin
 from models.images import PAD, grid_png
-from models.samplers import SAMPLERS, make_scheduler, sample_from_state
+from models.samplers import SAMPLERS, make_scheduler, sample, sample_from_state
 from models.spec import ModelSpec, RunSpec
 from models.trainer import train
 
 
 @pytest.fixture(scope="module")
 def state():
-    spec = RunSpec.model_validate({"model": {"prediction": "v_prediction"}, "train": {"steps": 2, "batch_size": 8},
-                                   "checkpoint_every": None})
+    spec = RunSpec.model_validate(
+        {
+            "model": {"prediction": "v_prediction"},
+            "train": {"steps": 2, "batch_size": 8},
+            "checkpoint_every": None,
+        }
+    )
     return train(spec, load_builtin("digits"), device="cpu").state
 
 
@@ -29,12 +36,39 @@ def test_same_seed_same_images(state, sampler):
     assert not np.array_equal(first, draw(1))
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpm_solver"])
+def test_batches_are_independent_runs_of_the_sampler(state, sampler):
+    """Multistep solvers keep a history: each batch must start the scheduler afresh
+    (deterministic samplers only: with DDPM the step noise is drawn per batch)."""
+    net = checkpoint.build_network(checkpoint.from_bytes(state))
+    scheduler = make_scheduler(ModelSpec(prediction="v_prediction"), sampler)
+
+    def draw(max_batch):
+        return sample(
+            net,
+            scheduler,
+            n=4,
+            shape=(1, 8, 8),
+            steps=4,
+            eta=0.0,
+            generator=torch.Generator().manual_seed(0),
+            max_batch=max_batch,
+        )
+
+    one_batch, two_batches = draw(4), draw(2)
+    assert torch.isfinite(two_batches).all()
+    torch.testing.assert_close(two_batches[:2], one_batch[:2], atol=1e-5, rtol=0)
+
+
 def test_schedulers_use_the_runs_schedule_and_prediction():
     model = ModelSpec(prediction="sample", schedule="squaredcos_cap_v2", timesteps=500)
     for sampler in SAMPLERS:
         config = make_scheduler(model, sampler).config
         assert (config.prediction_type, config.beta_schedule, config.num_train_timesteps) == (
-            "sample", "squaredcos_cap_v2", 500)
+            "sample",
+            "squaredcos_cap_v2",
+            500,
+        )
     with pytest.raises(ValueError, match="ddpm, ddim, dpm_solver"):
         make_scheduler(model, "euler")
 

@@ -1,5 +1,8 @@
+import json
+
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from models import checkpoint
@@ -31,9 +34,23 @@ def same_state(a: bytes, b: bytes) -> bool:
     )
 
 
+def test_checkpoint_is_plain_safetensors_that_explains_itself(digits):
+    spec = tiny(steps=2)
+    state = train(spec, digits, device="cpu").state
+    tensors = safetensors.torch.load(state)  # no pickle involved
+    assert tensors["rng.device"].dtype == tensors["rng.host"].dtype == torch.uint8
+    assert {"optim.0.step", "optim.0.exp_avg", "optim.0.exp_avg_sq"} <= tensors.keys()
+    metadata = checkpoint.read_metadata(state)
+    assert json.loads(metadata["spec"]) == spec.to_json() and metadata["step"] == "2"
+    with pytest.raises(ValueError, match="not a regdiff training state"):
+        checkpoint.read_metadata(safetensors.torch.save({"x": torch.zeros(1)}))
+
+
 def test_fixed_seeds_give_bit_identical_runs(digits):
-    spec = tiny(estimator={"kind": "ddim", "steps": 3, "grad_steps": 2, "random_cut": True},
-                reg_schedule={"t_max": 1000})
+    spec = tiny(
+        estimator={"kind": "ddim", "steps": 3, "grad_steps": 2, "random_cut": True},
+        reg_schedule={"t_max": 1000},
+    )
     first, second = train(spec, digits, device="cpu"), train(spec, digits, device="cpu")
     assert same_state(first.state, second.state)
     assert not same_state(first.state, train(tiny(train={"seed": 1}), digits, device="cpu").state)
@@ -57,8 +74,12 @@ def test_resume_refuses_another_model(digits):
 
 def test_init_weights_fine_tunes_from_another_run(digits):
     base = checkpoint.from_bytes(train(tiny(), digits, device="cpu").state)
-    tuned = train(tiny(steps=1, train={"lr": 1e-8, "seed": 5}), digits, device="cpu",
-                  init_weights=checkpoint.to_bytes(base))
+    tuned = train(
+        tiny(steps=1, train={"lr": 1e-8, "seed": 5}),
+        digits,
+        device="cpu",
+        init_weights=checkpoint.to_bytes(base),
+    )
     state = checkpoint.from_bytes(tuned.state)
     assert state.step == 1 and all(v == 1 for k, v in state.optimizer.items() if k.endswith(".step"))
     for key, weight in base.model.items():
@@ -82,11 +103,22 @@ def test_non_finite_loss_names_step_and_term(digits):
 
 def test_logs_and_cooperative_stop(digits):
     logs = []
-    result = train(tiny(steps=10), digits, device="cpu",
-                   hooks=TrainHooks(on_log=lambda step, m: logs.append((step, m)), should_stop=lambda: len(logs) == 2))
+    result = train(
+        tiny(steps=10),
+        digits,
+        device="cpu",
+        hooks=TrainHooks(on_log=lambda step, m: logs.append((step, m)), should_stop=lambda: len(logs) == 2),
+    )
     assert result.stopped and result.steps_done == 4
     assert [step for step, _ in logs] == [2, 4]
-    assert set(result.metrics) == {"loss", "diffusion_loss", "penalty_raw", "penalty_weighted", "lambda", "lr"}
+    assert set(result.metrics) == {
+        "loss",
+        "diffusion_loss",
+        "penalty_raw",
+        "penalty_weighted",
+        "lambda",
+        "lr",
+    }
     assert all(np.isfinite(v) for v in result.metrics.values())
     assert checkpoint.from_bytes(result.state).step == 4
 
@@ -96,8 +128,12 @@ def test_strong_tv_penalty_lowers_the_tv_of_samples(digits):
     tv = TotalVariation(TotalVariation.Params())
     sample_tv = {}
     for lam in (0.0, 3.0):
-        spec = tiny(steps=100, **{"lambda": lam}, reg_schedule={"t_max": 600},
-                    train={"batch_size": 32, "lr": 1e-3, "log_every": 100})
+        spec = tiny(
+            steps=100,
+            **{"lambda": lam},
+            reg_schedule={"t_max": 600},
+            train={"batch_size": 32, "lr": 1e-3, "log_every": 100},
+        )
         state = train(spec, digits, device="cpu").state
         images = sample_from_state(state, n=32, sampler="ddim", steps=10, seed=0, device="cpu")
         sample_tv[lam] = tv(to_tensor(images)).mean().item()

@@ -245,3 +245,9 @@ def test_small_pngs_that_decode_beyond_the_limit() -> None:
     members = {f"{i}.png": _png(np.zeros((64, 64), np.uint8)) for i in range(3)}
     assert sum(map(len, members.values())) < 1000
     _refused("x.zip", _zip(members), "decode to 12,288 bytes", UploadLimits(max_uncompressed_bytes=10_000))
+
+
+def test_too_many_files_in_zip_before_decoding() -> None:
+    members = {f"{i}.png": b"never decoded" for i in range(4)}
+    err = _refused("x.zip", _zip(members), "4 files; the limit is 3", UploadLimits(max_images=3))
+    assert err.file == "x.zip"

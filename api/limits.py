@@ -1,0 +1,71 @@
+"""Server limits on what a run may ask for, and per-tenant quotas on how many may wait.
+
+RunSpec carries the absolute bounds (models/spec.py); an operator tightens them per server
+with settings (REGDIFF_MAX_TRAIN_STEPS, ...). A spec over a server limit is a 422 naming the
+field and the server's maximum; a tenant over its queue quota gets 429 with Retry-After
+(a quota is "try again later", not a conflict with the resource's state).
+
+Running runs per tenant (REGDIFF_MAX_RUNNING_RUNS) are capped where runs start, in the worker:
+the api cannot know when a queued run will start.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from api.errors import Problem
+from models import datasets
+from models.spec import RunSpec
+from store import quotas, runs
+from store.settings import Settings
+
+QUEUE_RETRY_AFTER_SECONDS = 30
+
+
+def check_spec(session: Session, settings: Settings, tenant: str, spec: RunSpec) -> None:
+    """422 for every field over this server's limits, and for an init_from this tenant cannot see."""
+    errors: list[dict[str, str]] = []
+    if spec.train.steps > settings.max_train_steps:
+        errors.append({"field": "train.steps", "message": f"at most {settings.max_train_steps} on this server"
+                       " (REGDIFF_MAX_TRAIN_STEPS)"})
+    if spec.train.batch_size > settings.max_batch_size:
+        errors.append({"field": "train.batch_size", "message": f"at most {settings.max_batch_size} on this server"
+                       " (REGDIFF_MAX_BATCH_SIZE)"})
+    size = _image_size(session, tenant, spec.dataset)
+    if size is not None and size > settings.max_image_size:
+        errors.append({"field": "dataset", "message": f"images of {size}x{size}; at most {settings.max_image_size}"
+                       " pixels per side on this server (REGDIFF_MAX_IMAGE_SIZE)"})
+    if spec.init_from is not None and runs.get_checkpoint(session=session, tenant=tenant,
+                                                          checkpoint_id=spec.init_from) is None:
+        # Another tenant's checkpoint is "no checkpoint", exactly like a missing one.
+        errors.append({"field": "init_from", "message": f"no checkpoint {spec.init_from!r}; list a run's"
+                       " checkpoints at /v1/runs/{id}/checkpoints"})
+    if errors:
+        raise Problem(422, "Invalid request", "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+                      errors=errors)
+
+
+def check_run_quota(session: Session, settings: Settings, tenant: str, *, new_runs: int = 1,
+                    idempotency_key: str | None = None) -> None:
+    """429 when `new_runs` more queued runs would pass the tenant's queue quota.
+
+    Checked before the insert, without a lock: two simultaneous requests can overshoot by one
+    each, which is fine for a fairness quota (it is not a billing limit). A sweep checks all
+    its runs at once with `new_runs=len(runs)`, so it is accepted or refused whole."""
+    if quotas.is_replay(session=session, tenant=tenant, idempotency_key=idempotency_key):
+        return
+    queued = quotas.run_counts(session=session, tenant=tenant)["queued"]
+    if queued + new_runs > settings.max_queued_runs:
+        raise Problem(
+            429, "Too Many Requests",
+            f"{queued} runs of this tenant are queued and {new_runs} more would pass the quota of"
+            f" {settings.max_queued_runs} (REGDIFF_MAX_QUEUED_RUNS); retry once some have started, or cancel some",
+            headers={"Retry-After": str(QUEUE_RETRY_AFTER_SECONDS)},
+        )
+
+
+def _image_size(session: Session, tenant: str, dataset: str) -> int | None:
+    if dataset.startswith("upload:"):
+        return quotas.uploaded_image_size(session=session, tenant=tenant, dataset_id=dataset.removeprefix("upload:"))
+    info = datasets.BUILTIN.get(dataset)
+    return info.image_size if info else None

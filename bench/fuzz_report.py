@@ -1,0 +1,41 @@
+"""Fuzz the api with schemathesis (in process, fresh SQLite database) and print the figures.
+
+    .venv/bin/python bench/fuzz_report.py [--max-examples 25] [--seed 0]
+
+Prints operations, cases, 5xx count and every finding; exits 1 if there is any. The same
+driver runs in CI as tests/security/test_fuzz.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-examples", type=int, default=25, help="cases per operation and generation mode")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from tests.security.fuzzing import fuzz
+    from tests.security.harness import FUZZ_ENV, isolated_app, seed_for_fuzz
+
+    with tempfile.TemporaryDirectory(prefix="regdiff-fuzz-") as home, isolated_app(Path(home), **FUZZ_ENV) as app:
+        headers, owned = seed_for_fuzz(app)
+        report = fuzz(app, headers=headers, owned=owned, max_examples=args.max_examples, seed=args.seed)
+    for operation, cases in report.per_operation.items():
+        print(f"  {cases:5d}  {operation}")
+    for finding in report.findings:
+        print(f"FINDING {finding.operation} -> {finding.status}: {finding.problem}  [{finding.request}]")
+    print(report.summary())
+    return 1 if report.findings else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""Keyword-only store functions for uploaded datasets and the evaluator's cached classifiers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, defer
+
+from store.tables import ClassifierCache, Dataset
+
+
+def create_dataset(
+    *, session: Session, tenant: str, name: str, sha256: str, info: dict[str, Any], data: bytes
+) -> tuple[Dataset, bool]:
+    """Insert one dataset per (tenant, content hash); returns (dataset, created).
+
+    The same content uploaded twice is one dataset: the first upload's row is returned. A
+    concurrent upload of the same content loses the insert on the unique constraint and gets
+    the winner's row, so two requests never make two datasets.
+    """
+    existing = find_by_hash(session=session, tenant=tenant, sha256=sha256)
+    if existing is not None:
+        return existing, False
+    dataset = Dataset(tenant=tenant, name=name, sha256=sha256, info=info, data=data)
+    try:
+        with session.begin_nested():
+            session.add(dataset)
+    except IntegrityError:
+        existing = find_by_hash(session=session, tenant=tenant, sha256=sha256)
+        if existing is None:
+            raise
+        return existing, False
+    return dataset, True
+
+
+def find_by_hash(*, session: Session, tenant: str, sha256: str) -> Dataset | None:
+    return session.scalar(
+        select(Dataset).options(defer(Dataset.data)).where(Dataset.tenant == tenant, Dataset.sha256 == sha256)
+    )
+
+
+def get_dataset(*, session: Session, tenant: str, dataset_id: str) -> Dataset | None:
+    """Metadata only (the bytes are deferred); another tenant's dataset is None, like a missing one."""
+    return session.scalar(
+        select(Dataset).options(defer(Dataset.data)).where(Dataset.id == dataset_id, Dataset.tenant == tenant)
+    )
+
+
+def list_datasets(*, session: Session, tenant: str) -> list[Dataset]:
+    """The tenant's uploads, newest first, without their bytes."""
+    return list(
+        session.scalars(
+            select(Dataset).options(defer(Dataset.data)).where(Dataset.tenant == tenant)
+            .order_by(Dataset.created_at.desc(), Dataset.id.desc())
+        )
+    )
+
+
+def get_classifier(*, session: Session, key: str) -> bytes | None:
+    return session.scalar(select(ClassifierCache.data).where(ClassifierCache.dataset_key == key))
+
+
+def put_classifier(*, session: Session, key: str, data: bytes) -> bytes:
+    """Cache a classifier; if another worker cached one under `key` first, theirs wins and is
+    returned, so every run on a dataset is scored by the same bytes."""
+    try:
+        with session.begin_nested():
+            session.add(ClassifierCache(dataset_key=key, data=data))
+    except IntegrityError:
+        winner = get_classifier(session=session, key=key)
+        if winner is None:
+            raise
+        return winner
+    return data

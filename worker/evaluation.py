@@ -1,0 +1,153 @@
+"""The end-of-run evaluation under the worker: samples from the final state, scored against the
+real set by the classifier cached for that dataset (models/evaluation.py has the math).
+
+The classifier is trained once per labelled dataset and cached in the database under
+`<dataset>:<content hash>:<arch>:<steps>`, so every worker scores every run on a dataset with the
+same bytes (FCD values are only comparable under one classifier). Besides the evaluator's own
+report (FCD, confidence, every registered regularizer with default params), the run's *own*
+penalty, its weighted regularizer with its params, is measured on the samples and on real
+images: `penalty: {"samples": ..., "real": ...}`, the numbers a sweep report puts side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import evaluation, regularizers
+from models.datasets import ImageSet, to_tensor
+from models.samplers import sample_from_state
+from models.spec import RunSpec
+from store import datasets as stored
+from store import runs
+from store.db import session_scope
+from store.settings import get_settings
+
+log = logging.getLogger(__name__)
+_BATCH = 256
+
+
+def dataset_key(name: str, data: ImageSet, steps: int) -> str:
+    """Cache key of a dataset's classifier: its name, a hash of its content, the architecture, the steps."""
+    digest = hashlib.sha256()
+    digest.update(str(data.images.shape).encode())
+    digest.update(np.ascontiguousarray(data.images).tobytes())
+    if data.labels is not None:
+        digest.update(np.ascontiguousarray(data.labels, dtype=np.int64).tobytes())
+    return f"{name}:{digest.hexdigest()[:24]}:{evaluation.ARCH}:{steps}"
+
+
+def labelled(data: ImageSet) -> bool:
+    return data.labels is not None and len(np.unique(data.labels)) >= 2
+
+
+def cached_classifier(name: str, data: ImageSet, *, device: torch.device, steps: int) -> tuple[bytes, str, bool]:
+    """(classifier bytes, cache key, whether it came from the cache); trains and caches on a miss."""
+    key = dataset_key(name, data, steps)
+    with session_scope() as session:
+        state = stored.get_classifier(session=session, key=key)
+    if state is not None:
+        return state, key, True
+    started = time.monotonic()
+    state = evaluation.train_classifier(data, device=device, steps=steps)
+    log.info("trained the evaluation classifier for %s in %.1f s", key, time.monotonic() - started)
+    with session_scope() as session:
+        state = stored.put_classifier(session=session, key=key, data=state)
+    return state, key, False
+
+
+@torch.no_grad()
+def _mean(fn: regularizers.WeightedSum, x: torch.Tensor) -> float:
+    values = torch.cat([fn(x[i : i + _BATCH]) for i in range(0, len(x), _BATCH)])  # (N,)
+    return float(f"{float(values.mean()):.4g}")
+
+
+def own_penalty(spec: RunSpec, samples: np.ndarray, data: ImageSet, device: torch.device) -> dict[str, Any] | None:
+    """The run's weighted regularizer (its names, weights and params) on samples and on real images.
+
+    Measured whatever lambda is, so the lambda = 0 baseline shows where the samples start from.
+    The real images are the evaluator's fixed seeded subset, the same for every run on the set.
+    """
+    if not spec.regularizer:
+        return None
+    penalty = regularizers.build([term.model_dump() for term in spec.regularizer])
+    real = evaluation._real_subset(data, evaluation.REAL_LIMIT)  # the subset evaluate() scores against
+    return {
+        "terms": [term.model_dump(mode="json") for term in spec.regularizer],
+        "samples": _mean(penalty, to_tensor(samples, device)),
+        "real": _mean(penalty, to_tensor(real, device)),
+    }
+
+
+def score(spec: RunSpec, samples: np.ndarray, data: ImageSet, *, classifier_state: bytes | None,
+          device: torch.device) -> dict[str, Any]:
+    """Samples uint8 (N, H, W, C) -> the evaluation dict (no database; the bench calls it in-process)."""
+    result = evaluation.evaluate(samples, data, classifier_state=classifier_state, device=device)
+    result["penalty"] = own_penalty(spec, samples, data, device)
+    return result
+
+
+def n_samples(spec: RunSpec) -> int:
+    """The run's own `evaluation.n_samples`, else the server's REGDIFF_EVAL_SAMPLES."""
+    n = spec.evaluation.n_samples
+    return get_settings().eval_samples if n is None else n
+
+
+def evaluate_final(run_id: str, spec: RunSpec, state: bytes, data: ImageSet, *, device: torch.device
+                   ) -> dict[str, Any] | None:
+    """The evaluation of a run's final state, or None when it is off (n_samples 0).
+
+    An evaluation that fails does not fail the run (the model is fine; its report is not): the
+    run gets `{"error": ...}` and a warning event says why.
+    """
+    n = n_samples(spec)
+    if n <= 0:
+        return None
+    settings = get_settings()
+    try:
+        t0 = time.monotonic()
+        samples = sample_from_state(state, n=n, sampler="ddim", steps=spec.evaluation.steps, eta=0.0,
+                                    seed=spec.evaluation.seed, device=device)  # (N, H, W, C) uint8
+        t1 = time.monotonic()
+        classifier = None
+        state_bytes: bytes | None = None
+        if labelled(data):
+            state_bytes, key, cached = cached_classifier(spec.dataset, data, device=device,
+                                                         steps=settings.eval_classifier_steps)
+            classifier = {"key": key, "cached": cached}
+        t2 = time.monotonic()
+        result = score(spec, samples, data, classifier_state=state_bytes, device=device)
+        t3 = time.monotonic()
+    except Exception as exc:  # noqa: BLE001 - reported on the run, never fatal to it
+        log.exception("run %s: evaluation failed", run_id)
+        message = f"{type(exc).__name__}: {exc}"
+        with session_scope() as session:
+            runs.add_event(session=session, run_id=run_id, type="evaluation", level="warning",
+                           message=f"evaluation failed: {message}")
+        return {"error": message}
+    result["sampler"] = {"name": "ddim", "steps": spec.evaluation.steps, "eta": 0.0, "seed": spec.evaluation.seed}
+    result["classifier"] = classifier
+    result["seconds"] = {"sampling": round(t1 - t0, 3), "classifier": round(t2 - t1, 3),
+                         "scoring": round(t3 - t2, 3)}
+    with session_scope() as session:
+        runs.add_event(session=session, run_id=run_id, type="evaluation", message=summary(result),
+                       data={k: result.get(k) for k in ("fcd", "confidence", "penalty")})
+    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    """One line for the event log: "evaluation: n 64, fcd 12.3, confidence 0.87, penalty 0.21 on samples (real 0.19)"."""
+    parts = [f"n {result['n_samples']}"]
+    if result.get("fcd") is not None:
+        parts.append(f"fcd {result['fcd']:g}")
+    if result.get("confidence") is not None:
+        parts.append(f"confidence {result['confidence']:g}")
+    penalty = result.get("penalty")
+    if penalty:
+        parts.append(f"penalty {penalty['samples']:g} on samples (real {penalty['real']:g})")
+    return "evaluation: " + ", ".join(parts)
