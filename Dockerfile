@@ -11,6 +11,7 @@ COPY migrations migrations
 COPY alembic.ini ./
 RUN pip install . && useradd --create-home regdiff && mkdir -p /var/lib/regdiff && chown regdiff /var/lib/regdiff
 USER regdiff
-ENV REGDIFF_HOME=/var/lib/regdiff
+# the api listens on all interfaces in a container: keys are required (see README, Security)
+ENV REGDIFF_HOME=/var/lib/regdiff REGDIFF_HOST=0.0.0.0
 EXPOSE 8000
 CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]

@@ -91,15 +91,19 @@ PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
 def rate_limited(request: Request, principal: PrincipalDep) -> Principal:
-    """Every /v1 request spends a token of its key's bucket (anonymous: of the client address)."""
+    """Every /v1 request spends a token of its key's bucket.
+
+    Without a key (keys off), a remote client spends from its address's bucket; the local user
+    of the embedded default on loopback is not limited."""
     limiter = getattr(request.app.state, "rate_limiter", None)
-    if limiter is None:
+    client = request.client.host if request.client else ""
+    if limiter is None or (principal.key_id is None and is_loopback(client)):
         return principal
-    client = request.client.host if request.client else "?"
     wait = limiter.take(principal.key_id or f"anonymous:{client}")
     if wait > 0:
-        raise Problem(429, "Too Many Requests", f"rate limit of {limiter.rate * 60:g} requests per minute per key"
-                      f" exceeded; retry in {retry_after(wait)} s", headers={"Retry-After": retry_after(wait)})
+        raise Problem(429, "Too Many Requests",
+                      f"rate limit of {limiter.rate * 60:g} requests per minute per key exceeded;"
+                      f" retry in {retry_after(wait)} s", headers={"Retry-After": retry_after(wait)})
     return principal
 
 

@@ -29,12 +29,12 @@ def check_spec(session: Session, settings: Settings, tenant: str, spec: RunSpec)
         errors.append({"field": "train.steps", "message": f"at most {settings.max_train_steps} on this server"
                        " (REGDIFF_MAX_TRAIN_STEPS)"})
     if spec.train.batch_size > settings.max_batch_size:
-        errors.append({"field": "train.batch_size", "message": f"at most {settings.max_batch_size} on this server"
-                       " (REGDIFF_MAX_BATCH_SIZE)"})
+        errors.append({"field": "train.batch_size", "message": f"at most {settings.max_batch_size} on this"
+                       " server (REGDIFF_MAX_BATCH_SIZE)"})
     size = _image_size(session, tenant, spec.dataset)
     if size is not None and size > settings.max_image_size:
-        errors.append({"field": "dataset", "message": f"images of {size}x{size}; at most {settings.max_image_size}"
-                       " pixels per side on this server (REGDIFF_MAX_IMAGE_SIZE)"})
+        errors.append({"field": "dataset", "message": f"images of {size}x{size}; at most"
+                       f" {settings.max_image_size} pixels per side on this server (REGDIFF_MAX_IMAGE_SIZE)"})
     if spec.init_from is not None and runs.get_checkpoint(session=session, tenant=tenant,
                                                           checkpoint_id=spec.init_from) is None:
         # Another tenant's checkpoint is "no checkpoint", exactly like a missing one.
@@ -59,13 +59,15 @@ def check_run_quota(session: Session, settings: Settings, tenant: str, *, new_ru
         raise Problem(
             429, "Too Many Requests",
             f"{queued} runs of this tenant are queued and {new_runs} more would pass the quota of"
-            f" {settings.max_queued_runs} (REGDIFF_MAX_QUEUED_RUNS); retry once some have started, or cancel some",
+            f" {settings.max_queued_runs} (REGDIFF_MAX_QUEUED_RUNS); retry once some have started,"
+            " or cancel some",
             headers={"Retry-After": str(QUEUE_RETRY_AFTER_SECONDS)},
         )
 
 
 def _image_size(session: Session, tenant: str, dataset: str) -> int | None:
     if dataset.startswith("upload:"):
-        return quotas.uploaded_image_size(session=session, tenant=tenant, dataset_id=dataset.removeprefix("upload:"))
+        upload_id = dataset.removeprefix("upload:")
+        return quotas.uploaded_image_size(session=session, tenant=tenant, dataset_id=upload_id)
     info = datasets.BUILTIN.get(dataset)
     return info.image_size if info else None

@@ -18,6 +18,7 @@ from store.settings import Settings, get_settings, is_loopback
 
 log = logging.getLogger(__name__)
 UPLOAD_ROUTES = {("POST", "/v1/datasets")}
+MULTIPART_MARGIN = 64 * 1024
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,7 +45,8 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
 
     def body_limit(scope: Scope) -> int:
         upload = (scope["method"], scope["path"].rstrip("/")) in UPLOAD_ROUTES
-        return settings.max_upload_bytes if upload else settings.max_body_bytes
+        # an upload's file may be max_upload_bytes; its multipart framing and form fields come on top
+        return settings.max_upload_bytes + MULTIPART_MARGIN if upload else settings.max_body_bytes
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     if settings.cors_origins:  # off unless origins are listed; bearer keys, never cookies
@@ -67,11 +69,12 @@ def announce_auth(settings: Settings) -> None:
     """Say at start whether keys are required; running without them is never silent."""
     if not settings.auth_enabled:
         if settings.auth == "off" and not is_loopback(settings.host):
-            log.warning("INSECURE: authentication is OFF on %s (REGDIFF_AUTH=off, REGDIFF_ALLOW_INSECURE=true):"
-                        " anyone who reaches this address acts as tenant %r", settings.host, DEFAULT_TENANT)
+            log.warning("INSECURE: authentication is OFF on %s (REGDIFF_AUTH=off,"
+                        " REGDIFF_ALLOW_INSECURE=true): anyone who reaches this address acts as tenant %r",
+                        settings.host, DEFAULT_TENANT)
         else:
-            log.warning("authentication is OFF (REGDIFF_AUTH=%s, REGDIFF_HOST=%s): requests without an API key act"
-                        " as tenant %r; set REGDIFF_AUTH=required to require keys",
+            log.warning("authentication is OFF (REGDIFF_AUTH=%s, REGDIFF_HOST=%s): requests without an"
+                        " API key act as tenant %r; set REGDIFF_AUTH=required to require keys",
                         settings.auth, settings.host, DEFAULT_TENANT)
         return
     try:

@@ -19,14 +19,15 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-examples", type=int, default=25, help="cases per operation and generation mode")
+    parser.add_argument("--max-examples", type=int, default=25, help="cases per operation and mode")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     from tests.security.fuzzing import fuzz
     from tests.security.harness import FUZZ_ENV, isolated_app, seed_for_fuzz
 
-    with tempfile.TemporaryDirectory(prefix="regdiff-fuzz-") as home, isolated_app(Path(home), **FUZZ_ENV) as app:
+    with tempfile.TemporaryDirectory(prefix="regdiff-fuzz-") as home, \
+            isolated_app(Path(home), **FUZZ_ENV) as app:
         headers, owned = seed_for_fuzz(app)
         report = fuzz(app, headers=headers, owned=owned, max_examples=args.max_examples, seed=args.seed)
     for operation, cases in report.per_operation.items():

@@ -11,7 +11,8 @@ from store.tables import Dataset, Run
 def run_counts(*, session: Session, tenant: str) -> dict[str, int]:
     """{"queued": n, "running": n, "cancelling": n} for the tenant's unfinished runs."""
     rows = session.execute(
-        select(Run.status, func.count()).where(Run.tenant == tenant, Run.status.in_(("queued", "running", "cancelling")))
+        select(Run.status, func.count())
+        .where(Run.tenant == tenant, Run.status.in_(("queued", "running", "cancelling")))
         .group_by(Run.status)
     )
     counts = {"queued": 0, "running": 0, "cancelling": 0}
@@ -41,6 +42,7 @@ def over_running_cap(*, session: Session, run_id: str, cap: int) -> bool:
     if tenant is None:
         return False
     busy = session.scalar(
-        select(func.count()).where(Run.tenant == tenant, Run.id != run_id, Run.status.in_(("running", "cancelling")))
+        select(func.count())
+        .where(Run.tenant == tenant, Run.id != run_id, Run.status.in_(("running", "cancelling")))
     )
     return (busy or 0) >= cap

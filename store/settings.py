@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     auth: Literal["auto", "required", "off"] = Field(
         "auto", description="auto: API keys required unless the api listens on a loopback address")
     allow_insecure: bool = Field(
-        False, description="let REGDIFF_AUTH=off serve a non-loopback REGDIFF_HOST (anyone who reaches it is in)")
+        False, description="let REGDIFF_AUTH=off serve a non-loopback REGDIFF_HOST (anyone reaching it is in)")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="browser origins allowed by CORS, comma-separated; empty: CORS off")
 
@@ -50,12 +50,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(1024, ge=1, description="largest train.batch_size")
     max_image_size: int = Field(64, ge=8, description="largest image side (pixels) of a run's dataset")
     max_queued_runs: int = Field(
-        20, ge=1, description="queued runs per tenant; POST /v1/runs beyond it is a 429 with Retry-After")
+        100, ge=1, description="queued runs per tenant; POST /v1/runs beyond it is a 429 with Retry-After")
     max_running_runs: int = Field(
         4, ge=1, description="running runs per tenant; a worker leaves further runs queued until one ends")
     rate_limit_per_minute: float = Field(
         600, ge=0, description="requests per minute per API key (token bucket, per api process); 0: off")
-    rate_limit_burst: int = Field(60, ge=1, description="requests a key may send at once before the rate applies")
+    rate_limit_burst: int = Field(60, ge=1, description="requests a key may send at once, then the rate applies")
 
     lease_seconds: float = Field(30.0, gt=0, description="a running job's lease; renewed every third of it")
     max_attempts: int = Field(3, ge=1, description="claims of one run before it fails")

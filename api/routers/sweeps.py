@@ -10,6 +10,7 @@ The sweep's status is derived from its runs (store/sweeps.py says how).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Annotated, Any
 
@@ -72,7 +73,6 @@ def expand(body: SweepCreate, max_points: int) -> tuple[dict[str, Any], dict[str
         raise invalid("vary", f"{sizes} = {points} runs; at most {max_points} per sweep (REGDIFF_MAX_SWEEP_POINTS)")
 
     errors: list[dict[str, str]] = []
-    vary: dict[str, list[Any]] = {}
     for key, values in body.vary.items():
         field = f"vary.{key}"
         overlap = next((k for k in body.vary if k != key and (k.startswith(key + ".") or key.startswith(k + "."))),
@@ -84,30 +84,51 @@ def expand(body: SweepCreate, max_points: int) -> tuple[dict[str, Any], dict[str
             errors.append({"field": field, "message": f"overlaps vary.{overlap}; vary a field or its parent, not both"})
         elif not values:
             errors.append({"field": field, "message": "give at least one value"})
-        else:
-            vary[key] = []
-            for i, value in enumerate(values):
-                try:
-                    spec = RunSpec.model_validate(stored.set_path(base, key, value))
-                except ValidationError as exc:
-                    errors.append({"field": field, "message": f"value {i} ({value!r}): {_why(exc)}"})
-                    continue
-                normalised = stored.get_path(spec.to_json(), key)
-                if normalised in vary[key]:
-                    errors.append({"field": field, "message": f"value {i} ({value!r}) is given twice"})
-                vary[key].append(normalised)
     if errors:
         raise _problem(errors)
 
+    # Every point; a failing point is blamed on the values that fail with the base alone, else on
+    # the combination (values may only make sense together: dataset with model.preset).
+    keys = list(body.vary)
+    alone: dict[tuple[str, int], str | None] = {}
+
+    def fails_alone(key: str, i: int) -> str | None:
+        if (key, i) not in alone:
+            try:
+                RunSpec.model_validate(stored.set_path(base, key, body.vary[key][i]))
+                alone[key, i] = None
+            except ValidationError as exc:
+                alone[key, i] = _why(exc)
+        return alone[key, i]
+
+    found: dict[tuple[str, str], None] = {}  # ordered and without repeats
     specs: list[RunSpec] = []
-    for point in stored.grid(vary):  # values that are fine alone may clash together
+    normalised: dict[str, dict[int, Any]] = {key: {} for key in keys}
+    for combo in itertools.product(*(range(len(body.vary[k])) for k in keys)):
         spec_json = base
-        for key, value in point.items():
-            spec_json = stored.set_path(spec_json, key, value)
+        for key, i in zip(keys, combo):
+            spec_json = stored.set_path(spec_json, key, body.vary[key][i])
         try:
-            specs.append(RunSpec.model_validate(spec_json))
+            spec = RunSpec.model_validate(spec_json)
         except ValidationError as exc:
-            errors.append({"field": "vary", "message": f"the point {reports.label(point)}: {_why(exc)}"})
+            blamed = [(f"vary.{k}", f"value {i} ({body.vary[k][i]!r}): {why}") for k, i in zip(keys, combo)
+                      if (why := fails_alone(k, i)) is not None]
+            point = {k: body.vary[k][i] for k, i in zip(keys, combo)}
+            found.update(dict.fromkeys(blamed or [("vary", f"the point {reports.label(point)}: {_why(exc)}")]))
+            continue
+        specs.append(spec)
+        for key, i in zip(keys, combo):
+            normalised[key].setdefault(i, stored.get_path(spec.to_json(), key))
+    errors = [{"field": f, "message": m} for f, m in found]
+    if errors:
+        raise _problem(errors)
+
+    vary: dict[str, list[Any]] = {}
+    for key in keys:  # values as the specs hold them (0 -> 0.0), so each run's point reads back from its spec
+        vary[key] = [normalised[key][i] for i in range(len(body.vary[key]))]
+        for i, value in enumerate(vary[key]):
+            if value in vary[key][:i]:
+                errors.append({"field": f"vary.{key}", "message": f"value {i} ({body.vary[key][i]!r}) is given twice"})
     if errors:
         raise _problem(errors)
     return base, vary, specs

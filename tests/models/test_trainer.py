@@ -13,6 +13,16 @@ from models.spec import RunSpec
 from models.trainer import NonFiniteLoss, TrainHooks, resolve_device, train
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one thread is as fast as two, and does not collapse when other
+    processes share the 2 CPU cores (two threads then wait on each other at every op)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_builtin("digits")

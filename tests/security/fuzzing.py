@@ -9,7 +9,6 @@ not RFC 9457 problem+json. Used by tests/security/test_fuzz.py and bench/fuzz_re
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -72,8 +71,6 @@ def _check(report: FuzzReport, label: str, case, response: schemathesis.Response
         if not ok:
             report.bad_4xx += 1
             report.findings.append(Finding(label, status, f"{ctype}: {body}", where))
-        if status == 401 and os.environ.get("FUZZ_DEBUG"):
-            print("401", dict(response.request.headers))
 
 
 def fuzz(app: FastAPI, *, headers: dict[str, str], owned: dict[str, str], max_examples: int = 25,
@@ -95,29 +92,35 @@ def fuzz(app: FastAPI, *, headers: dict[str, str], owned: dict[str, str], max_ex
         before = report.cases
         for mode, path_parameters in batches:
             strategy = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
-
-            @hypothesis.settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
-                                 phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-            @hypothesis.seed(seed)
-            @given(case=strategy)
-            def run(case) -> None:
-                report.cases += 1
-                try:
-                    response = case.call(headers=headers, timeout=30)
-                except CLIENT_SIDE:
-                    report.not_sent += 1
-                    return
-                except Exception as exc:  # the app raised past every handler: a crash
-                    report.server_errors += 1
-                    report.findings.append(Finding(label, None, f"{type(exc).__name__}: {exc}"[:300],
-                                                   f"{case.method} {case.formatted_path}"))
-                    return
-                _check(report, label, case, response)
-
             try:
-                run()
+                _run_batch(report, label, strategy, headers, max_examples, seed)
             except hypothesis.errors.Unsatisfiable:
                 pass  # nothing to make invalid (no parameters, no body): the positive batch covers it
         report.per_operation[label] = report.cases - before
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _run_batch(report: FuzzReport, label: str, strategy, headers: dict[str, str], max_examples: int,
+               seed: int) -> None:
+    """`max_examples` cases from `strategy`, each sent once; findings are recorded, never raised."""
+
+    @hypothesis.settings(max_examples=max_examples, deadline=None, database=None,
+                         phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @hypothesis.seed(seed)
+    @given(case=strategy)
+    def run(case) -> None:
+        report.cases += 1
+        try:
+            response = case.call(headers=headers, timeout=30)
+        except CLIENT_SIDE:
+            report.not_sent += 1
+            return
+        except Exception as exc:  # the app raised past every handler: a crash
+            report.server_errors += 1
+            report.findings.append(Finding(label, None, f"{type(exc).__name__}: {exc}"[:300],
+                                           f"{case.method} {case.formatted_path}"))
+            return
+        _check(report, label, case, response)
+
+    run()

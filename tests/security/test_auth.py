@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from sqlalchemy import create_engine, text
 
 from store.settings import Settings
-from tests.security.seed import TINY, add_checkpoint
 from tests.security.harness import ROOT, bearer, create_key, migrated_template
+from tests.security.seed import TINY, add_checkpoint
 
 PROBLEM = "application/problem+json"
 

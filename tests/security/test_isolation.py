@@ -79,12 +79,11 @@ def test_lists_show_only_ones_own(two_tenants):
         assert client.get("/v1/runs", params={"sweep_id": other["sweep_id"]}, headers=bearer(key)).json()["data"] == []
         events = client.get(f"/v1/runs/{own['run_id']}/events", headers=bearer(key)).json()["data"]
         assert events and all("run_id" not in e for e in events)
-    for path in ("/v1/datasets", "/v1/sweeps"):
-        if ("GET", path) not in operations(client.app):
-            continue  # not built yet; the per-id test above covers its item routes once they exist
+    for path, id_name in (("/v1/datasets", "dataset_id"), ("/v1/sweeps", "sweep_id")):
+        assert ("GET", path) in operations(client.app)
         for key, own, other in ((key_a, a, b), (key_b, b, a)):
             text = client.get(path, headers=bearer(key)).text
-            assert other[path.split("/")[-1][:-1] + "_id"] not in text
+            assert own[id_name] in text and other[id_name] not in text
 
 
 def test_another_tenants_checkpoint_cannot_seed_a_run_or_a_sample(two_tenants):

@@ -16,8 +16,8 @@ import uvicorn
 
 from api.security import RateLimiter
 from models.uploads import UploadError, parse_upload
-from tests.security.seed import TINY
 from tests.security.harness import bearer, create_key, operations
+from tests.security.seed import TINY
 
 PROBLEM = "application/problem+json"
 LIMIT = 64 * 1024
@@ -98,9 +98,9 @@ def test_uploads_have_their_own_larger_limit(make_client):
     client = make_client(REGDIFF_MAX_BODY_BYTES=str(LIMIT), REGDIFF_MAX_UPLOAD_BYTES=str(4 * LIMIT))
     big = b"x" * (2 * LIMIT)
     assert client.post("/v1/runs", content=big, headers={"content-type": "application/json"}).status_code == 413
-    assert client.post("/v1/datasets", content=big, headers={"content-type": "application/octet-stream"}
-                       ).status_code != 413
-    assert_problem(client.post("/v1/datasets", content=big * 3), 413)
+    fits = client.post("/v1/datasets", files={"file": ("big.npz", big, "application/octet-stream")})
+    assert fits.status_code == 422, fits.text  # read whole and parsed (not an npz), not refused for size
+    assert_problem(client.post("/v1/datasets", files={"file": ("big.npz", big * 4, "application/octet-stream")}), 413)
 
 
 class LiveServer:
@@ -190,6 +190,17 @@ def test_the_rate_limit_answers_429_with_retry_after_per_key(make_client):
     assert 1 <= int(limited.headers["retry-after"]) <= 10
     assert client.get("/v1/runs", headers=bearer(key_b)).status_code == 200  # another key: its own bucket
     assert client.get("/healthz").status_code == 200  # health checks are never limited
+
+
+def test_without_keys_the_local_user_is_not_rate_limited(make_client):
+    local = make_client(client=("127.0.0.1", 40000), REGDIFF_RATE_LIMIT_PER_MINUTE="6", REGDIFF_RATE_LIMIT_BURST="2")
+    assert {local.get("/v1/runs").status_code for _ in range(5)} == {200}
+
+
+def test_without_keys_a_remote_client_has_a_bucket_per_address(make_client):
+    remote = make_client(client=("203.0.113.9", 40000), REGDIFF_AUTH="off", REGDIFF_HOST="0.0.0.0",
+                         REGDIFF_ALLOW_INSECURE="true", REGDIFF_RATE_LIMIT_PER_MINUTE="6", REGDIFF_RATE_LIMIT_BURST="2")
+    assert [remote.get("/v1/runs").status_code for _ in range(3)] == [200, 200, 429]
 
 
 def test_token_bucket_refills_at_the_rate():

@@ -47,8 +47,8 @@ def digits_zip(n: int = 40) -> bytes:
     return zip_bytes({f"digits/{DIGITS.labels[i]}/{i}.png": png(DIGITS.images[i, ..., 0]) for i in range(n)})
 
 
-def upload(client, name: str, data: bytes, **form: str):
-    return client.post("/v1/datasets", files={"file": (name, data, "application/octet-stream")}, data=form)
+def upload(client, filename: str, data: bytes, **form: str):
+    return client.post("/v1/datasets", files={"file": (filename, data, "application/octet-stream")}, data=form)
 
 
 def uploads(client) -> list[str]:

@@ -59,7 +59,7 @@ BAD = [
     ({"base": BASE, "vary": {"lambda": [0, 0.0]}}, "vary.lambda", "twice"),
     ({"base": BASE, "vary": {}}, "vary", "at least one"),
     ({"base": BASE, "vary": {"lambda": list(range(40))}}, "vary", "REGDIFF_MAX_SWEEP_POINTS"),
-    ({"base": {**BASE, "model": {"preset": "unet-s"}}, "vary": {"dataset": ["mnist-5k", "mnist"]}}, "vary.dataset",
+    ({"base": BASE, "vary": {"dataset": ["mnist-5k", "mnist"], "model.preset": ["unet-s"]}}, "vary.dataset",
      "MNIST/raw"),
 ]
 

@@ -1,0 +1,291 @@
+"""Training throughput: regdiff's trainer against a diffusers-example-style loop, side by side.
+
+    .venv/bin/python bench/train_throughput.py                      # CPU: digits, unet-xs, batch 64
+    python3 bench/train_throughput.py --device cuda --out t.md      # CUDA: mnist-5k, unet-s, batch 128
+
+Variants (all in one process, one after the other, `--repeats` rounds, median per variant):
+  anchor        the loop of diffusers' examples/unconditional_image_generation/train_unconditional.py
+                reduced to its compute: the same UNet (models.networks.build_unet), a DataLoader over a
+                TensorDataset on the host (shuffle, drop_last, each batch copied to the device),
+                DDPMScheduler.add_noise, MSE on eps, AdamW with the example's hyperparameters, grad-norm
+                clipping at 1, `loss.item()` every step (the example logs it), eager fp32, no EMA.
+  vanilla       models.trainer.train with lambda 0, as the worker calls it (bf16 autocast and fused
+                AdamW on CUDA, EMA, the dataset as one device tensor).
+  vanilla-fp32  the same with train.precision fp32 (CUDA only: on the CPU it is `vanilla`).
+  tweedie       lambda 0.1, TV, tweedie x0_hat, reg_schedule.t_max 1000 (every sample pays).
+  ddimK-gG      lambda 0.1, TV, ddim estimator with K steps and backprop through the last G calls,
+                t_max 1000 (every sample pays; the default t_max 200 makes ~20% pay).
+  tweedie-t200  tweedie with the default t_max 200 (not in the default list; `--only` it).
+
+Timing. regdiff: train.steps = warm-up + timed, train.log_every = warm-up, checkpoint_every off.
+The trainer syncs with the device to read its metrics on every log step, then calls `on_log`;
+the hook synchronizes again (a no-op then) and reads the clock. The timed window runs from the
+hook after the warm-up to the hook on the last step, so setup (network build, dataset upload),
+warm-up (allocator, cuDNN, autocast caches) and the final state snapshot are all excluded, and
+the trainer's own log syncs (one per log_every steps, as in production) are included.
+anchor: the same window, read after `torch.cuda.synchronize()` at the end of the warm-up and of
+the last step. images/s = batch * timed steps / window seconds.
+
+The cost columns are time-per-image ratios (>1 is slower): cost vs anchor, cost vs vanilla.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from diffusers import DDPMScheduler
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from models import networks
+from models.datasets import ImageSet, load_builtin, to_tensor
+from models.spec import RunSpec
+from models.trainer import TrainHooks, resolve_device, train
+
+PENALISED = {"lambda": 0.1, "regularizer": "tv", "reg_schedule": {"t_max": 1000}}
+
+# key -> (label, RunSpec overrides); None marks the anchor loop.
+VARIANTS: dict[str, tuple[str, dict | None]] = {
+    "anchor": ("diffusers-style loop (anchor)", None),
+    "vanilla": ("regdiff vanilla (lambda 0)", {"lambda": 0.0}),
+    "tweedie": ("tweedie TV, t<1000", {**PENALISED, "estimator": {"kind": "tweedie"}}),
+    "ddim2-g1": ("ddim K=2 grad 1, t<1000", {**PENALISED, "estimator": {"kind": "ddim", "steps": 2, "grad_steps": 1}}),
+    "ddim2-g2": ("ddim K=2 grad 2, t<1000", {**PENALISED, "estimator": {"kind": "ddim", "steps": 2, "grad_steps": 2}}),
+    "ddim4-g1": ("ddim K=4 grad 1, t<1000", {**PENALISED, "estimator": {"kind": "ddim", "steps": 4, "grad_steps": 1}}),
+    "ddim4-g4": ("ddim K=4 grad 4, t<1000", {**PENALISED, "estimator": {"kind": "ddim", "steps": 4, "grad_steps": 4}}),
+    "vanilla-fp32": ("regdiff vanilla, fp32", {"lambda": 0.0, "train": {"precision": "fp32"}}),
+    "tweedie-t200": ("tweedie TV, t<200 (default)", {"lambda": 0.1, "regularizer": "tv",
+                                                      "estimator": {"kind": "tweedie"}}),
+}
+DEFAULT_KEYS = ["anchor", "vanilla", "tweedie", "ddim2-g1", "ddim2-g2", "ddim4-g1", "ddim4-g4", "vanilla-fp32"]
+TWEEDIE_TARGET = 1.10  # the issue's target: the Tweedie penalty costs at most 10% over vanilla
+
+# Per device: dataset, preset, batch, warm-up steps, timed steps.
+DEFAULTS = {
+    "cpu": ("digits", "unet-xs", 64, 5, 30),
+    "cuda": ("mnist-5k", "unet-s", 128, 10, 200),
+}
+
+
+@dataclass
+class Measurement:
+    seconds: float  # the timed window
+    batch: int
+    steps: int  # timed steps
+    final_loss: float
+    peak_mib: float | None  # CUDA peak allocated memory over the whole call
+
+    @property
+    def images_per_second(self) -> float:
+        return self.batch * self.steps / self.seconds
+
+    @property
+    def ms_per_step(self) -> float:
+        return 1000 * self.seconds / self.steps
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    runs: list[Measurement] = field(default_factory=list)
+
+    @property
+    def ips(self) -> float:
+        return statistics.median(m.images_per_second for m in self.runs)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def time_anchor(data: ImageSet, *, preset: str, batch: int, warmup: int, timed: int,
+                device: torch.device, seed: int) -> Measurement:
+    """The diffusers example's step, eager fp32; clock read after a sync at warm-up end and at the end."""
+    torch.manual_seed(seed)
+    images = to_tensor(data.images, "cpu")  # (N, C, H, W) in [-1, 1], on the host like a dataset
+    loader = DataLoader(TensorDataset(images), batch_size=batch, shuffle=True, drop_last=True, num_workers=0)
+    net = networks.build_unet(preset, images.shape[2], images.shape[1]).to(device).train()
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    reset_peak(device)
+
+    def batches():
+        while True:  # epochs; the example re-shuffles each one
+            yield from loader
+
+    start, loss_value = 0.0, math.nan
+    for step, (clean,) in enumerate(batches(), start=1):
+        clean = clean.to(device)  # (B, C, H, W)
+        noise = torch.randn_like(clean)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), device=device).long()
+        noisy = scheduler.add_noise(clean, noise, t)
+        output = net(noisy, t).sample
+        loss = F.mse_loss(output.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        loss_value = loss.detach().item()  # the example logs the loss every step: a host sync
+        if step == warmup:
+            sync(device)
+            start = time.perf_counter()
+        if step == warmup + timed:
+            sync(device)
+            return Measurement(time.perf_counter() - start, batch, timed, loss_value, peak_mib(device))
+    raise AssertionError("unreachable")
+
+
+def time_regdiff(overrides: dict, data: ImageSet, *, dataset: str, preset: str, batch: int, warmup: int,
+                 timed: int, device: torch.device, seed: int) -> Measurement:
+    """models.trainer.train, timed between the on_log hook after the warm-up and the one on the last step."""
+    train_over = overrides.get("train", {})
+    spec = RunSpec.model_validate({
+        "dataset": dataset, "model": {"preset": preset}, "checkpoint_every": None,
+        **{k: v for k, v in overrides.items() if k != "train"},
+        "train": {"steps": warmup + timed, "batch_size": batch, "log_every": warmup, "seed": seed, **train_over},
+    })
+    marks: dict[int, float] = {}
+
+    def on_log(step: int, metrics: dict[str, float]) -> None:
+        sync(device)  # the trainer has just synced to read `metrics`; this makes it explicit
+        marks[step] = time.perf_counter()
+
+    reset_peak(device)
+    result = train(spec, data, device=device, hooks=TrainHooks(on_log=on_log))
+    assert warmup in marks and warmup + timed in marks, f"on_log fired at {sorted(marks)}"
+    seconds = marks[warmup + timed] - marks[warmup]
+    return Measurement(seconds, batch, timed, result.metrics["loss"], peak_mib(device))
+
+
+def environment(device: torch.device, args: argparse.Namespace) -> list[str]:
+    import diffusers
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{os.cpu_count()}-core CPU ({platform.machine()}), {torch.get_num_threads()} torch thread(s)"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return [
+        f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; device: {name}",
+        (f"- torch {torch.__version__}, diffusers {diffusers.__version__}, python {platform.python_version()};"
+         f" load average at start: {load}"),
+        (f"- {args.dataset}, {args.preset}, batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps"
+         f" per variant, {args.repeats} round(s), median"),
+        f"- command: `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`",
+    ]
+
+
+def table(rows: list[Row], header: list[str], device: torch.device) -> str:
+    done = {r.key: r for r in rows if r.runs}
+    anchor = done["anchor"].ips if "anchor" in done else None
+    vanilla = done["vanilla"].ips if "vanilla" in done else None
+    gpu = device.type == "cuda"
+    lines = [*header, "",
+             ("| variant | images/s | ms/step | cost vs anchor | cost vs regdiff vanilla | final loss |"
+              + (" peak MiB |" if gpu else "")),
+             "|---|---:|---:|---:|---:|---:|" + ("---:|" if gpu else "")]
+    for row in rows:
+        if not row.runs:
+            lines.append(f"| {row.label} | not run | | | | |" + (" |" if gpu else ""))
+            continue
+        ips = row.ips
+        ms = statistics.median(m.ms_per_step for m in row.runs)
+        vs_anchor = f"{anchor / ips:.2f}x" if anchor else "-"
+        vs_vanilla = f"{vanilla / ips:.2f}x" if vanilla else "-"
+        loss = f"{row.runs[-1].final_loss:.4f}"
+        peak = f" {row.runs[-1].peak_mib:.0f} |" if gpu else ""
+        lines.append(f"| {row.label} | {ips:,.0f} | {ms:.1f} | {vs_anchor} | {vs_vanilla} | {loss} |{peak}")
+    if "tweedie" in done and vanilla:
+        cost = vanilla / done["tweedie"].ips
+        verdict = "meets" if cost <= TWEEDIE_TARGET else "MISSES"
+        lines += ["", (f"Tweedie TV penalty (every sample): {100 * (cost - 1):+.1f}% over regdiff vanilla;"
+                       f" {verdict} the <= {100 * (TWEEDIE_TARGET - 1):.0f}% target.")]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dataset", help="default: digits on cpu, mnist-5k on cuda")
+    p.add_argument("--preset", help="default: unet-xs on cpu, unet-s on cuda")
+    p.add_argument("--batch", type=int, help="default: 64 on cpu, 128 on cuda")
+    p.add_argument("--warmup", type=int, help="untimed steps per variant (default: 5 on cpu, 10 on cuda)")
+    p.add_argument("--steps", type=int, help="timed steps per variant (default: 30 on cpu, 200 on cuda)")
+    p.add_argument("--repeats", type=int, default=1, help="rounds over all variants; the median is reported")
+    p.add_argument("--only", help=f"comma-separated variant keys, in order (known: {', '.join(VARIANTS)})")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on cpu: on a shared 2-core box two"
+                   " intra-op threads stall each other, measured 10x slower under load)")
+    p.add_argument("--cache-dir", default="var/bench-cache", help="uint8 .npz cache of the datasets")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="also write the markdown table here (rewritten after each variant)")
+    args = p.parse_args(argv)
+    dataset, preset, batch, warmup, steps = DEFAULTS[args.device]
+    args.dataset = args.dataset or dataset
+    args.preset = args.preset or preset
+    args.batch = args.batch or batch
+    args.warmup = args.warmup or warmup
+    args.steps = args.steps or steps
+    keys = args.only.split(",") if args.only else [k for k in DEFAULT_KEYS
+                                                    if not (k == "vanilla-fp32" and args.device == "cpu")]
+    unknown = [k for k in keys if k not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    args.keys = keys
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or 1)
+    device = resolve_device(args.device)
+    data = load_builtin(args.dataset, Path(args.cache_dir))
+    header = environment(device, args)
+    rows = [Row(k, VARIANTS[k][0]) for k in args.keys]
+    common = {"preset": args.preset, "batch": args.batch, "warmup": args.warmup, "timed": args.steps,
+              "device": device, "seed": args.seed}
+    for round_ in range(args.repeats):
+        for row in rows:
+            overrides = VARIANTS[row.key][1]
+            started = time.perf_counter()
+            if overrides is None:
+                m = time_anchor(data, **common)
+            else:
+                m = time_regdiff(overrides, data, dataset=args.dataset, **common)
+            row.runs.append(m)
+            print(f"[round {round_ + 1}] {row.label}: {m.images_per_second:,.0f} images/s"
+                  f" (loss {m.final_loss:.4f}; call {time.perf_counter() - started:.1f} s)", file=sys.stderr,
+                  flush=True)
+            if args.out:
+                args.out.write_text(table(rows, header, device))
+    print(table(rows, header, device), end="")
+    if args.out:
+        args.out.write_text(table(rows, header, device))
+
+
+if __name__ == "__main__":
+    main()
