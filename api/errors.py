@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.spec import FieldError
@@ -70,13 +72,30 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        title = {404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large"}.get(exc.status_code, "Error")
-        return problem_response(exc.status_code, title, str(exc.detail), headers=getattr(exc, "headers", None))
+        title = {404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large"}.get(exc.status_code)
+        return problem_response(exc.status_code, title or _phrase(exc.status_code), str(exc.detail),
+                                headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DataError)
+    async def _data(request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the request carried (PostgreSQL: a NUL in a text field, a
+        # number out of range) — the client's input, not a server fault; the log keeps the cause.
+        log.warning("database refused a value on %s %s: %s", request.method, request.url.path,
+                    type(exc.orig).__name__)
+        return problem_response(400, "Bad Request", "a value in this request cannot be stored or searched for"
+                                " (a NUL character in a text field, or a number out of range)")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(500, "Internal Server Error", "an unexpected error occurred; it has been logged")
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 class ProblemModel(BaseModel):

@@ -13,7 +13,7 @@ from starlette.types import Scope
 from api import errors
 from api.deps import DEFAULT_TENANT, rate_limited
 from api.routers import catalog, checkpoints, datasets, health, runs, samples, sweeps
-from api.security import BodyLimitMiddleware, RateLimiter, SecurityHeadersMiddleware
+from api.security import BodyLimitMiddleware, NulInUrlMiddleware, RateLimiter, SecurityHeadersMiddleware
 from store.settings import Settings, get_settings, is_loopback
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
         return settings.max_upload_bytes + MULTIPART_MARGIN if upload else settings.max_body_bytes
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(NulInUrlMiddleware)
     if settings.cors_origins:  # off unless origins are listed; bearer keys, never cookies
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,

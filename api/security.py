@@ -103,6 +103,19 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+class NulInUrlMiddleware:
+    """400 for a NUL character in the path or the query: no id or filter can hold one, and
+    PostgreSQL refuses it in a text parameter (a 500 deep in a query otherwise)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]):
+            return await send_problem(send, 400, "Bad Request", "the URL holds a NUL character (%00)")
+        await self.app(scope, receive, send)
+
+
 class SecurityHeadersMiddleware:
     """nosniff, no framing, no referrer on every response; no-store and a strict CSP off the docs."""
 

@@ -21,7 +21,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.live import Service, backend_env, purge_broker  # noqa: E402
+from tests.live import Service, backend_env, purge_broker
 
 SPEC = {
     "dataset": "digits", "regularizer": "tv", "lambda": 0.1, "model": {"preset": "unet-xs"},

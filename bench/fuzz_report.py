@@ -1,6 +1,6 @@
 """Fuzz the api with schemathesis (in process, fresh SQLite database) and print the figures.
 
-    .venv/bin/python bench/fuzz_report.py [--max-examples 25] [--seed 0]
+    .venv/bin/python bench/fuzz_report.py [--max-examples 25] [--seed 0] [--database-url URL]
 
 Prints operations, cases, 5xx count and every finding; exits 1 if there is any. The same
 driver runs in CI as tests/security/test_fuzz.py.
@@ -21,13 +21,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-examples", type=int, default=25, help="cases per operation and mode")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--database-url", help="an empty database to fuzz on (e.g. PostgreSQL); default: SQLite")
     args = parser.parse_args()
 
     from tests.security.fuzzing import fuzz
     from tests.security.harness import FUZZ_ENV, isolated_app, seed_for_fuzz
 
     with tempfile.TemporaryDirectory(prefix="regdiff-fuzz-") as home, \
-            isolated_app(Path(home), **FUZZ_ENV) as app:
+            isolated_app(Path(home), database_url=args.database_url, **FUZZ_ENV) as app:
         headers, owned = seed_for_fuzz(app)
         report = fuzz(app, headers=headers, owned=owned, max_examples=args.max_examples, seed=args.seed)
     for operation, cases in report.per_operation.items():

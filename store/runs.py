@@ -138,24 +138,38 @@ def record_progress(*, session: Session, run_id: str, step: int, metrics: dict[s
 
 
 def set_status(
-    *, session: Session, run_id: str, status: str, message: str = "", level: str = "info", **values: Any
-) -> None:
-    """Change status and log it; terminal statuses stamp finished_at and drop the lease."""
+    *,
+    session: Session,
+    run_id: str,
+    status: str,
+    message: str = "",
+    level: str = "info",
+    expect: tuple[str, ...] = (),
+    **values: Any,
+) -> bool:
+    """Change status and log it; terminal statuses stamp finished_at and drop the lease.
+
+    With `expect`, only from one of those statuses (a compare-and-set: a cancel and a claim
+    racing cannot both win); returns whether the row changed."""
     if status in TERMINAL:
         values.update(finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
     if status == "running":
         values.setdefault("started_at", func.coalesce(Run.started_at, utcnow()))
-    session.execute(update(Run).where(Run.id == run_id).values(status=status, **values))
+    query = update(Run).where(Run.id == run_id)
+    if expect:
+        query = query.where(Run.status.in_(expect))
+    if session.execute(query.values(status=status, **values)).rowcount == 0:
+        return False
     add_event(session=session, run_id=run_id, type="status", level=level, message=message or status,
               data={"status": status})
+    return True
 
 
 def request_cancel(*, session: Session, run: Run) -> None:
     """Queued: cancelled at once. Running: `cancelling` until the worker stops at its next check."""
-    if run.status == "queued":
-        set_status(session=session, run_id=run.id, status="cancelled", message="cancelled before it started")
-    elif run.status == "running":
-        set_status(session=session, run_id=run.id, status="cancelling", cancel_requested=True)
+    if not set_status(session=session, run_id=run.id, status="cancelled", expect=("queued",),
+                      message="cancelled before it started"):
+        set_status(session=session, run_id=run.id, status="cancelling", expect=("running",), cancel_requested=True)
 
 
 def save_checkpoint(*, session: Session, run_id: str, step: int, data: bytes, is_final: bool, keep: int) -> str:

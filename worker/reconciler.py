@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from store import leases, runs
 from store.db import session_scope
@@ -45,7 +45,8 @@ def _abandoned_cancels(session) -> list[str]:
     now = utcnow()
     ids = list(session.scalars(select(Run.id).where(Run.status == "cancelling", Run.lease_expires_at < now)))
     for run_id in ids:
-        runs.set_status(session=session, run_id=run_id, status="cancelled", message="cancelled (worker lost)")
+        runs.set_status(session=session, run_id=run_id, status="cancelled", expect=("cancelling",),
+                        message="cancelled (worker lost)")
     return ids
 
 

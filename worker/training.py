@@ -11,6 +11,7 @@ import logging
 import time
 
 import numpy as np
+
 from models.images import grid_png
 from models.samplers import sample_from_state
 from models.spec import RunSpec
@@ -25,6 +26,7 @@ from worker.heartbeat import Heartbeat
 from worker.samples import npz_bytes
 
 log = logging.getLogger(__name__)
+MINE = ("running", "cancelling")  # the statuses a worker may move a run on from
 
 
 def run_training(run_id: str, *, owner: str) -> None:
@@ -43,7 +45,7 @@ def run_training(run_id: str, *, owner: str) -> None:
         _finish(run_id, "failed", f"gave up after {settings.max_attempts} attempts: the worker was lost each time")
         return
     with session_scope() as session:
-        runs.set_status(session=session, run_id=run_id, status="running",
+        runs.set_status(session=session, run_id=run_id, status="running", expect=MINE,
                         message=f"attempt {claim.attempts} on {owner}")
     try:
         _train(run_id, owner=owner)
@@ -96,7 +98,8 @@ def _train(run_id: str, *, owner: str) -> None:
             ckpt_id = runs.save_checkpoint(session=session, run_id=run_id, step=result.steps_done,
                                            data=result.state, is_final=True, keep=settings.keep_checkpoints)
             session.add(_preview_job(run_id, tenant, ckpt_id, spec, images))
-            runs.set_status(session=session, run_id=run_id, status="succeeded", step=result.steps_done,
+            runs.set_status(session=session, run_id=run_id, status="succeeded", expect=MINE,
+                            step=result.steps_done,
                             evaluation=scores)
 
 
@@ -127,7 +130,7 @@ def _stopped(run_id: str, reason: str | None, step: int, limit: float) -> None:
 
 def _finish(run_id: str, status: str, message: str) -> None:
     with session_scope() as session:
-        runs.set_status(session=session, run_id=run_id, status=status, message=message,
+        runs.set_status(session=session, run_id=run_id, status=status, message=message, expect=MINE,
                         level="error" if status == "failed" else "info",
                         error=message if status == "failed" else None)
 

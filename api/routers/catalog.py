@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from models import datasets, networks, regularizers
+from models import networks, regularizers
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 

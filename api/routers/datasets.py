@@ -115,7 +115,7 @@ def upload_dataset(
     del raw
     canonical = uploads.to_npz_bytes(data)
     info = {**uploads.describe(data), "size_bytes": len(canonical), "filename": filename}
-    dataset, created = stored.create_dataset(session=session, tenant=tenant, name=name or Path(filename).stem,
+    dataset, created = stored.create_dataset(session=session, tenant=tenant, name=name or Path(filename).stem[:255],
                                              sha256=uploads.content_hash(canonical), info=info, data=canonical)
     session.commit()
     if not created:

@@ -35,6 +35,7 @@ from worker.celery_app import enqueue_train
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=PROBLEM_RESPONSES)
 PNG = {200: {"content": {"image/png": {}}}}
+MAX_EVENT_ID = 2**31 - 1  # run_events.id is a 32-bit INTEGER on PostgreSQL: a larger cursor cannot match
 
 
 def check_dataset(session: SessionDep, tenant: str, spec: RunSpec) -> None:
@@ -153,9 +154,9 @@ def run_checkpoints(run: OwnedRun, session: SessionDep) -> CheckpointsPublic:
 async def run_events(
     run: OwnedRun,
     request: Request,
-    after: Annotated[int, Query(ge=0, description="the last event id already seen")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="the last event id already seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_EVENT_ID)] = None,
 ):
     """JSON pages, or Server-Sent Events when the client accepts text/event-stream (resumable)."""
     if "text/event-stream" not in request.headers.get("accept", ""):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.client.fake_api import Reply, problem, run_json
+from regdiff_client.cli import app
 from typer.testing import CliRunner
 
-from regdiff_client.cli import app
+from tests.client.fake_api import Reply, problem, run_json
 
 
 @pytest.fixture

@@ -6,14 +6,14 @@ import asyncio
 import logging
 import socket
 import time
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
-from tests.client.fake_api import Reply, problem, run_json
-
 import regdiff_client as rd
 from regdiff_client._http import RetryPolicy, parse_retry_after
+
+from tests.client.fake_api import Reply, problem, run_json
 
 SPEC = {"dataset": "digits", "regularizer": "tv", "lambda": 0.1, "train": {"steps": 20, "batch_size": 16}}
 

@@ -10,11 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-from tests.client.fake_api import Reply, problem, run_json, sse
-from PIL import Image
-
 import regdiff_client as rd
+from PIL import Image
 from regdiff_client.resources.runs import build_spec
+
+from tests.client.fake_api import Reply, problem, run_json, sse
 
 
 def client_for(api) -> rd.Client:

@@ -7,11 +7,10 @@ import json
 import uuid
 
 import pytest
-from PIL import Image
-from typer.testing import CliRunner
-
 import regdiff_client as rd
+from PIL import Image
 from regdiff_client.cli import app
+from typer.testing import CliRunner
 
 pytestmark = pytest.mark.service
 

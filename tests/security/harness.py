@@ -51,14 +51,25 @@ def _reset_caches() -> None:
     settings.get_settings.cache_clear()
 
 
+def migrate(database_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True, capture_output=True,
+                   env={**env, "REGDIFF_DATABASE_URL": database_url})
+
+
 @contextmanager
-def isolated_app(home: Path, **env: str) -> Iterator[FastAPI]:
-    """`create_app()` with REGDIFF_HOME=home (a copy of the migrated database) and REGDIFF_* `env`."""
-    import api.routers.health as health
-    import worker.celery_app as celery_app
+def isolated_app(home: Path, *, database_url: str | None = None, **env: str) -> Iterator[FastAPI]:
+    """`create_app()` with REGDIFF_HOME=home and REGDIFF_* `env`, on a copy of the migrated SQLite
+    database, or on `database_url` (an empty database: migrated here)."""
+    from api.routers import health
+    from worker import celery_app
 
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(migrated_template(), home / "regdiff.db")
+    if database_url is None:
+        shutil.copy(migrated_template(), home / "regdiff.db")
+    else:
+        migrate(database_url)
+        env = {**env, "REGDIFF_DATABASE_URL": database_url}
     wanted = {"REGDIFF_HOME": str(home), **QUIET, **env}
     saved = {k: os.environ.get(k) for k in {*_CLEARED, *wanted}}
     saved_celery = (celery_app.app, health.celery_app)

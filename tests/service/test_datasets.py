@@ -93,7 +93,7 @@ def test_npz_and_zip_uploads_round_trip_and_a_run_trains_on_one(client):
     assert (z["image_size"], z["channels"], z["count"], z["labelled"]) == (8, 1, 40, True)
     assert {ds["id"], z["id"]} <= set(uploads(client))
 
-    run = client.post("/v1/runs", json={**TINY_RUN, "dataset": z["dataset"]})
+    run = client.post("/v1/runs", json={**TINY_RUN, "dataset": z["dataset"], "train": {"steps": 10, "batch_size": 16}})
     assert run.status_code == 201, run.text
     done = wait_for(client, run.json()["id"])
     assert done["status"] == "succeeded", done["error"]

@@ -110,7 +110,8 @@ def test_a_grid_sweep_makes_one_run_per_point_and_cancels_whole(client, other_te
 
 @pytest.mark.service
 def test_a_tiny_lambda_sweep_end_to_end_to_its_report(client):
-    base = {**BASE, "evaluation": {"n_samples": 32, "steps": 10}}
+    base = {**BASE, "train": {"steps": 10, "batch_size": 16, "log_every": 5},
+            "evaluation": {"n_samples": 32, "steps": 10}}
     created = client.post("/v1/sweeps", json={"base": base, "vary": {"lambda": [0, 1]}})
     assert created.status_code == 201, created.text
     sweep = created.json()

@@ -1,0 +1,85 @@
+"""Samples on demand, export to diffusers and fine-tuning, through the api and a live worker."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import TINY_RUN
+from tests.live import wait_for, wait_until
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture(scope="module")
+def finished_run(service):
+    import httpx
+
+    with httpx.Client(base_url=service.url, timeout=30) as c:
+        run = wait_for(c, c.post("/v1/runs", json=TINY_RUN).json()["id"])
+    assert run["status"] == "succeeded", run["error"]
+    return run
+
+
+def _sample(client, run_id: str, **params) -> dict:
+    job = client.post(f"/v1/runs/{run_id}/samples", json=params)
+    assert job.status_code == 202, job.text
+    return wait_until(lambda: (j := client.get(f"/v1/samples/{job.json()['id']}").json())["status"]
+                      in ("succeeded", "failed") and j)
+
+
+def _array(client, job_id: str) -> np.ndarray:
+    with np.load(io.BytesIO(client.get(f"/v1/samples/{job_id}/samples.npz").content), allow_pickle=False) as f:
+        return f["images"]
+
+
+def test_same_seed_and_checkpoint_give_the_same_images(client, finished_run):
+    ckpt = client.get(f"/v1/runs/{finished_run['id']}/checkpoints").json()["data"][-1]["id"]
+    a = _sample(client, finished_run["id"], n=3, sampler="ddim", steps=8, seed=7, checkpoint=ckpt)
+    b = _sample(client, finished_run["id"], n=3, sampler="ddim", steps=8, seed=7, checkpoint=ckpt)
+    c = _sample(client, finished_run["id"], n=3, sampler="dpm_solver", steps=8, seed=8)
+    assert a["status"] == b["status"] == c["status"] == "succeeded"
+    images_a = _array(client, a["id"])
+    assert images_a.shape == (3, 8, 8) and images_a.dtype == np.uint8
+    np.testing.assert_array_equal(images_a, _array(client, b["id"]))
+    assert not np.array_equal(images_a, _array(client, c["id"]))
+
+    one = Image.open(io.BytesIO(client.get(f"/v1/samples/{a['id']}/images/2.png").content))
+    np.testing.assert_array_equal(np.asarray(one), images_a[2])
+    assert client.get(f"/v1/samples/{a['id']}/images/3.png").status_code == 404
+    assert client.get(f"/v1/samples/{a['id']}/grid.png").headers["content-type"] == "image/png"
+
+
+def test_sample_request_limits(client, finished_run):
+    too_many = client.post(f"/v1/runs/{finished_run['id']}/samples", json={"n": 100_000})
+    assert too_many.status_code == 422 and too_many.json()["errors"][0]["field"] == "n"
+    bad = client.post(f"/v1/runs/{finished_run['id']}/samples", json={"sampler": "euler"})
+    assert bad.status_code == 422 and "ddim" in bad.json()["detail"]
+    missing = client.post(f"/v1/runs/{finished_run['id']}/samples", json={"checkpoint": "ckpt_nope"})
+    assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "checkpoint"
+
+
+def test_export_loads_in_diffusers_and_samples(client, finished_run, tmp_path):
+    from diffusers import DDPMPipeline
+
+    response = client.get(f"/v1/runs/{finished_run['id']}/export")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    zipfile.ZipFile(io.BytesIO(response.content)).extractall(tmp_path)
+    pipeline = DDPMPipeline.from_pretrained(tmp_path)
+    images = pipeline(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                      output_type="np").images
+    assert images.shape[:3] == (2, 8, 8) and np.isfinite(images).all()
+
+
+def test_fine_tune_from_another_runs_checkpoint(client, finished_run):
+    ckpt = client.get(f"/v1/runs/{finished_run['id']}/checkpoints").json()["data"][-1]["id"]
+    tuned = client.post("/v1/runs", json={**TINY_RUN, "lambda": 1.0, "init_from": ckpt})
+    assert tuned.status_code == 201
+    assert wait_for(client, tuned.json()["id"])["status"] == "succeeded"
+    missing = client.post("/v1/runs", json={**TINY_RUN, "init_from": "ckpt_nope"})
+    assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "init_from"
