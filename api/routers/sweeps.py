@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from api import limits, reports
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import PROBLEM_RESPONSES, Problem, _field_errors, invalid, not_found
-from api.routers.runs import check_dataset, check_init_from
+from api.routers.runs import check_dataset
 from api.schemas import SweepCreate, SweepPublic, SweepReport, SweepReportRow, SweepsPublic
 from models.spec import RunSpec
 from store import runs
@@ -152,7 +152,6 @@ def _check_against_server(session, settings: Settings, tenant: str, specs: list[
     try:
         for spec in specs:
             check_dataset(session, tenant, spec)  # the checks of POST /v1/runs (runs.submit), per point
-            check_init_from(session, tenant, spec)
             limits.check_spec(session, settings, tenant, spec)
     except Problem as problem:
         raise _in_sweep(problem, vary) from None
