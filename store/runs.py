@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -215,15 +214,3 @@ def preview(*, session: Session, run_id: str) -> SampleJob | None:
         select(SampleJob).where(SampleJob.run_id == run_id, SampleJob.kind == "preview")
         .order_by(SampleJob.created_at.desc()).limit(1)
     )
-
-
-def count_active(*, session: Session, tenant: str) -> int:
-    return session.scalar(select(func.count()).where(Run.tenant == tenant, Run.status.in_(ACTIVE))) or 0
-
-
-def is_cancel_requested(*, session: Session, run_id: str) -> bool:
-    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
-
-
-def started_at(*, session: Session, run_id: str) -> datetime | None:
-    return session.scalar(select(Run.started_at).where(Run.id == run_id))
