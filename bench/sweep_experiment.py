@@ -108,7 +108,7 @@ def run_in_process(args: argparse.Namespace, body: dict[str, Any]) -> tuple[dict
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from api import reports
+    from service import reports
     from models import evaluation
     from models.datasets import load_builtin
     from models.images import grid_png
