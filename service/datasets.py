@@ -12,7 +12,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from models import datasets, networks, uploads
-from service.errors import Problem, invalid, not_found
+from service.errors import Problem, invalid
+from service.lookup import found
 from store import datasets as stored
 from store.settings import Settings
 from store.tables import Dataset
@@ -86,18 +87,15 @@ def check_run_dataset(session: Session, settings: Settings, tenant: str, dataset
     if not dataset.startswith("upload:"):
         check_builtin_available(dataset, settings)
         return
-    found = stored.get_dataset(session=session, tenant=tenant, dataset_id=dataset)
-    if found is None:
+    upload = stored.get_dataset(session=session, tenant=tenant, dataset_id=dataset)
+    if upload is None:
         raise invalid("dataset", f"no uploaded dataset {dataset!r}; upload one with POST /v1/datasets")
     try:
-        networks.check_fits(preset, found.info["image_size"])
+        networks.check_fits(preset, upload.info["image_size"])
     except ValueError as exc:
         raise invalid("model.preset", str(exc)) from None
 
 
 def get_upload(session: Session, tenant: str, dataset_id: str) -> Dataset:
     """An upload by id (`ds_...` or `upload:ds_...`); another tenant's answers 404 like a missing one."""
-    found = stored.get_dataset(session=session, tenant=tenant, dataset_id=dataset_id)
-    if found is None:
-        raise not_found("dataset", dataset_id)
-    return found
+    return found(stored.get_dataset(session=session, tenant=tenant, dataset_id=dataset_id), "dataset", dataset_id)

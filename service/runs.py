@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 from models.spec import RunSpec
 from service import limits
 from service.datasets import check_run_dataset
-from service.errors import Problem, invalid, not_found
+from service.errors import Problem
+from service.lookup import found, page
 from store import runs
-from store.pagination import UnknownCursor
 from store.settings import Settings
 from store.tables import Checkpoint, Run
 from worker.celery_app import enqueue_train
@@ -60,26 +60,15 @@ def submit(session: Session, settings: Settings, tenant: str, spec: RunSpec, *,
     return run, created
 
 
-def unknown_cursor(after: str) -> Problem:
-    return invalid("after", f"no item {after!r} in this list; pass the next_cursor of the previous page,"
-                   " or leave `after` out for the first page")
-
-
 def list_runs(session: Session, tenant: str, *, limit: int, after: str | None, status: str | None,
               sweep_id: str | None) -> tuple[list[Run], bool]:
-    try:
-        return runs.list_runs(session=session, tenant=tenant, limit=limit, after=after, status=status,
-                              sweep_id=sweep_id)
-    except UnknownCursor:
-        raise unknown_cursor(after or "") from None
+    return page(runs.list_runs, session=session, tenant=tenant, limit=limit, after=after, status=status,
+                sweep_id=sweep_id)
 
 
 def get_run(session: Session, tenant: str, run_id: str) -> Run:
     """The run if this tenant owns it; another tenant's run answers 404, exactly like a missing one."""
-    run = runs.get_run(session=session, tenant=tenant, run_id=run_id)
-    if run is None:
-        raise not_found("run", run_id)
-    return run
+    return found(runs.get_run(session=session, tenant=tenant, run_id=run_id), "run", run_id)
 
 
 def cancel(session: Session, run: Run) -> Run:

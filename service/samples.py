@@ -6,7 +6,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.errors import Problem, invalid, not_found
+from service.errors import Problem, invalid
+from service.lookup import found
 from store import runs
 from store import samples as stored
 from store.settings import Settings
@@ -35,10 +36,7 @@ def request_samples(session: Session, settings: Settings, run: Run, params: dict
 
 def get_sample(session: Session, tenant: str, sample_id: str) -> SampleJob:
     """Another tenant's job answers 404, exactly like a missing one."""
-    job = stored.get_sample(session=session, tenant=tenant, sample_id=sample_id)
-    if job is None:
-        raise not_found("sample job", sample_id)
-    return job
+    return found(stored.get_sample(session=session, tenant=tenant, sample_id=sample_id), "sample job", sample_id)
 
 
 def finished(job: SampleJob) -> SampleJob:

@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session
 from service import reports
 from models.spec import RunSpec
 from service import limits
-from service.errors import Problem, detail_of, field_errors, invalid, invalid_fields, not_found
-from service.runs import check_against_server, enqueue_all, idempotency_reused, unknown_cursor
+from service.errors import Problem, detail_of, field_errors, invalid, invalid_fields
+from service.lookup import found, page
+from service.runs import check_against_server, enqueue_all, idempotency_reused
 from store import runs
 from store import sweeps as stored
-from store.pagination import UnknownCursor
 from store.settings import Settings
 from store.tables import Run, Sweep, as_utc
 
@@ -153,18 +153,12 @@ def submit(session: Session, settings: Settings, tenant: str, base_spec: dict[st
 
 
 def list_sweeps(session: Session, tenant: str, *, limit: int, after: str | None) -> tuple[list[Sweep], bool]:
-    try:
-        return stored.list_sweeps(session=session, tenant=tenant, limit=limit, after=after)
-    except UnknownCursor:
-        raise unknown_cursor(after or "") from None
+    return page(stored.list_sweeps, session=session, tenant=tenant, limit=limit, after=after)
 
 
 def get_sweep(session: Session, tenant: str, sweep_id: str) -> Sweep:
     """Another tenant's sweep answers 404, exactly like a missing one."""
-    sweep = stored.get_sweep(session=session, tenant=tenant, sweep_id=sweep_id)
-    if sweep is None:
-        raise not_found("sweep", sweep_id)
-    return sweep
+    return found(stored.get_sweep(session=session, tenant=tenant, sweep_id=sweep_id), "sweep", sweep_id)
 
 
 def cancel(session: Session, sweep: Sweep) -> None:

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps.auth import TenantDep
 from api.deps.ownership import OwnedRun
+from api.deps.pagination import PageDep, next_cursor
 from api.deps.session import SessionDep, SettingsDep
 from api.errors import PROBLEM_RESPONSES
 from api.schemas import (
@@ -53,14 +54,13 @@ def create_run(
 def list_runs(
     session: SessionDep,
     tenant: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: Annotated[str | None, Query(max_length=64, description="cursor: the last id of the previous page")] = None,
+    page: PageDep,
     status: RunStatus | None = None,
     sweep_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> RunsPublic:
-    rows, has_more = service.list_runs(session, tenant, limit=limit, after=after, status=status, sweep_id=sweep_id)
-    return RunsPublic(data=[RunPublic.of(r) for r in rows], has_more=has_more,
-                      next_cursor=rows[-1].id if has_more else None)
+    rows, has_more = service.list_runs(session, tenant, limit=page.limit, after=page.after, status=status,
+                                       sweep_id=sweep_id)
+    return RunsPublic(data=[RunPublic.of(r) for r in rows], has_more=has_more, next_cursor=next_cursor(rows, has_more))
 
 
 @router.get("/{run_id}", response_model=RunPublic)

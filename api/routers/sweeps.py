@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Response
 
-from api.deps.ownership import OwnedSweep
-from api.deps.session import SessionDep, SettingsDep
 from api.deps.auth import TenantDep
+from api.deps.ownership import OwnedSweep
+from api.deps.pagination import PageDep, next_cursor
+from api.deps.session import SessionDep, SettingsDep
 from api.errors import PROBLEM_RESPONSES
 from api.schemas import SweepCreate, SweepPublic, SweepReport, SweepReportRow, SweepsPublic
 from service import reports
@@ -44,15 +45,10 @@ def create_sweep(
 
 
 @router.get("", response_model=SweepsPublic)
-def list_sweeps(
-    session: SessionDep,
-    tenant: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: Annotated[str | None, Query(max_length=64, description="cursor: the last id of the previous page")] = None,
-) -> SweepsPublic:
-    rows, has_more = service.list_sweeps(session, tenant, limit=limit, after=after)
+def list_sweeps(session: SessionDep, tenant: TenantDep, page: PageDep) -> SweepsPublic:
+    rows, has_more = service.list_sweeps(session, tenant, limit=page.limit, after=page.after)
     return SweepsPublic(data=[_public(session, s) for s in rows], has_more=has_more,
-                        next_cursor=rows[-1].id if has_more else None)
+                        next_cursor=next_cursor(rows, has_more))
 
 
 @router.get("/{sweep_id}", response_model=SweepPublic)
