@@ -18,8 +18,9 @@ def found(row: Row | None, kind: str, ident: str) -> Row:
     return row
 
 
-def page(fetch: Callable[..., tuple[list[Row], bool]], *, after: str | None, **query: Any) -> tuple[list[Row], bool]:
-    """`fetch(after=..., **query)`, a store list function; a cursor it does not know is a 422 naming `after`."""
+def page(fetch: Callable[..., tuple[list[Row], bool]], *, after: str | None,
+         **query: Any) -> tuple[list[Row], bool]:
+    """`fetch(after=..., **query)`, a store list function; an unknown cursor is a 422 naming `after`."""
     try:
         return fetch(after=after, **query)
     except UnknownCursor:

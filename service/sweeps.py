@@ -15,9 +15,8 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from service import reports
 from models.spec import RunSpec
-from service import limits
+from service import limits, reports
 from service.errors import Problem, detail_of, field_errors, invalid, invalid_fields
 from service.lookup import found, page
 from service.runs import check_against_server, enqueue_all, idempotency_reused
@@ -33,12 +32,14 @@ def _why(exc: ValidationError) -> str:
     return detail_of(field_errors(exc))
 
 
-def expand(base_spec: dict[str, Any], given: dict[str, list[Any]], max_points: int) -> tuple[dict[str, Any], dict[str, list[Any]], list[RunSpec]]:
+def expand(base_spec: dict[str, Any], given: dict[str, list[Any]],
+           max_points: int) -> tuple[dict[str, Any], dict[str, list[Any]], list[RunSpec]]:
     """(canonical base, vary with values as the specs hold them, one RunSpec per grid point)."""
     try:
         base = RunSpec.model_validate(base_spec).to_json()
     except ValidationError as exc:
-        raise invalid_fields([{"field": f"base.{e['field']}", "message": e["message"]} for e in field_errors(exc)]) from None
+        errors = [{"field": f"base.{e['field']}", "message": e["message"]} for e in field_errors(exc)]
+        raise invalid_fields(errors) from None
     if not given:
         raise invalid("vary", f"give at least one dotted path into the spec and its values ({EXAMPLES})")
     points = 1

@@ -1,4 +1,6 @@
-"""Resources named in the path that the calling tenant owns; another tenant's answers 404, like a missing one."""
+"""Resources named in the path that the calling tenant owns.
+
+Another tenant's answers 404, exactly like a missing one."""
 
 from __future__ import annotations
 

@@ -60,7 +60,8 @@ def list_runs(
 ) -> RunsPublic:
     rows, has_more = service.list_runs(session, tenant, limit=page.limit, after=page.after, status=status,
                                        sweep_id=sweep_id)
-    return RunsPublic(data=[RunPublic.of(r) for r in rows], has_more=has_more, next_cursor=next_cursor(rows, has_more))
+    return RunsPublic(data=[RunPublic.of(r) for r in rows], has_more=has_more,
+                      next_cursor=next_cursor(rows, has_more))
 
 
 @router.get("/{run_id}", response_model=RunPublic)

@@ -37,7 +37,8 @@ def create_sweep(
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> SweepPublic:
-    sweep, created = service.submit(session, settings, tenant, body.base, body.vary, idempotency_key=idempotency_key)
+    sweep, created = service.submit(session, settings, tenant, body.base, body.vary,
+                                    idempotency_key=idempotency_key)
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -77,4 +78,5 @@ def sweep_report(sweep: OwnedSweep, session: SessionDep) -> SweepReport:
 
 @router.get("/{sweep_id}/report.png", response_class=Response, responses=PNG)
 def sweep_report_png(sweep: OwnedSweep, session: SessionDep) -> Response:
-    return Response(service.report_png(session, sweep), media_type="image/png", headers={"Cache-Control": "no-store"})
+    png = service.report_png(session, sweep)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
