@@ -7,6 +7,7 @@ COPY api api
 COPY worker worker
 COPY models models
 COPY store store
+COPY service service
 COPY migrations migrations
 COPY alembic.ini ./
 RUN pip install . && useradd --create-home regdiff && mkdir -p /var/lib/regdiff && chown regdiff /var/lib/regdiff

@@ -1,4 +1,7 @@
-"""RFC 9457 problem+json for every error: a title, a detail, and the fields at fault."""
+"""RFC 9457 problem+json for every error: a title, a detail, and the fields at fault.
+
+Services raise service.errors.Problem; this module turns it (and FastAPI's own errors) into responses.
+"""
 
 from __future__ import annotations
 
@@ -13,27 +16,10 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.spec import FieldError
+from service.errors import Problem, detail_of, field_errors
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
-
-
-class Problem(Exception):
-    """Raise from a route: becomes a problem+json response."""
-
-    def __init__(self, status: int, title: str, detail: str = "", *, errors: list[dict[str, str]] | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(detail or title)
-        self.status, self.title, self.detail, self.errors, self.headers = status, title, detail, errors, headers
-
-
-def not_found(kind: str, ident: str) -> Problem:
-    return Problem(404, "Not Found", f"no {kind} with id {ident!r}")
-
-
-def invalid(field: str, message: str) -> Problem:
-    return Problem(422, "Invalid request", f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
 def problem_response(status: int, title: str, detail: str = "", errors: list | None = None,
@@ -44,21 +30,6 @@ def problem_response(status: int, title: str, detail: str = "", errors: list | N
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
-    out = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
-        cause = (err.get("ctx") or {}).get("error")
-        field = cause.field if isinstance(cause, FieldError) else ".".join(loc) or "body"
-        message = str(cause) if cause is not None else err["msg"]
-        if err["type"] == "extra_forbidden":
-            message = "unknown field"
-        elif err["type"] == "missing":
-            message = "field required"
-        out.append({"field": field, "message": message})
-    return out
-
-
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
@@ -66,9 +37,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _field_errors(exc)
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return problem_response(422, "Invalid request", detail, errors)
+        errors = field_errors(exc)
+        return problem_response(422, "Invalid request", detail_of(errors), errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

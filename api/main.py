@@ -11,7 +11,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 
 from api import errors
-from api.deps import DEFAULT_TENANT, rate_limited
+from api.deps.auth import DEFAULT_TENANT
+from api.deps.rate_limit import rate_limited
 from api.routers import catalog, checkpoints, datasets, health, runs, samples, sweeps
 from api.security import BodyLimitMiddleware, NulInUrlMiddleware, RateLimiter, SecurityHeadersMiddleware
 from store.settings import Settings, get_settings, is_loopback

@@ -108,13 +108,13 @@ def run_in_process(args: argparse.Namespace, body: dict[str, Any]) -> tuple[dict
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from api import reports
     from models import evaluation
     from models.datasets import load_builtin
     from models.images import grid_png
     from models.samplers import sample_from_state
     from models.spec import RunSpec
     from models.trainer import resolve_device, train
+    from service import reports
     from store.settings import get_settings
     from store.sweeps import grid, set_path
     from worker.evaluation import score

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -41,11 +41,22 @@ def find_by_hash(*, session: Session, tenant: str, sha256: str) -> Dataset | Non
     )
 
 
+def _owned(tenant: str, dataset_id: str) -> Select[tuple[Dataset]]:
+    """The one tenant-scoped lookup: another tenant's dataset is not found, like a missing one.
+
+    Takes an id (`ds_...`) or a spec's dataset name (`upload:ds_...`)."""
+    return select(Dataset).where(Dataset.id == dataset_id.removeprefix("upload:"), Dataset.tenant == tenant)
+
+
 def get_dataset(*, session: Session, tenant: str, dataset_id: str) -> Dataset | None:
-    """Metadata only (the bytes are deferred); another tenant's dataset is None, like a missing one."""
-    return session.scalar(
-        select(Dataset).options(defer(Dataset.data)).where(Dataset.id == dataset_id, Dataset.tenant == tenant)
-    )
+    """Metadata only (the bytes are deferred)."""
+    return session.scalar(_owned(tenant, dataset_id).options(defer(Dataset.data)))
+
+
+def dataset_bytes(*, session: Session, tenant: str, dataset_id: str) -> bytes | None:
+    """The canonical .npz of an upload (for the worker that trains on it)."""
+    dataset = session.scalar(_owned(tenant, dataset_id))
+    return None if dataset is None else dataset.data
 
 
 def list_datasets(*, session: Session, tenant: str) -> list[Dataset]:

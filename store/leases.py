@@ -13,9 +13,9 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from store.tables import Run, SampleJob, utcnow
+from store.tables import LeasedJob, utcnow
 
-Job = type[Run] | type[SampleJob]
+Job = type[LeasedJob]  # Run or SampleJob: the lease columns come from the LeasedJob mixin
 
 
 @dataclass(frozen=True)

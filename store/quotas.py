@@ -1,11 +1,11 @@
-"""Counts behind the per-tenant quotas (api/limits.py) and the worker's running-runs cap."""
+"""Counts behind the per-tenant quotas (service/limits.py) and the worker's running-runs cap."""
 
 from __future__ import annotations
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from store.tables import Dataset, Run
+from store.tables import Run
 
 
 def run_counts(*, session: Session, tenant: str) -> dict[str, int]:
@@ -26,11 +26,6 @@ def is_replay(*, session: Session, tenant: str, idempotency_key: str | None) -> 
         return False
     found = session.scalar(select(Run.id).where(Run.tenant == tenant, Run.idempotency_key == idempotency_key))
     return found is not None
-
-
-def uploaded_image_size(*, session: Session, tenant: str, dataset_id: str) -> int | None:
-    info = session.scalar(select(Dataset.info).where(Dataset.id == dataset_id, Dataset.tenant == tenant))
-    return None if info is None else int(info["image_size"])
 
 
 def over_running_cap(*, session: Session, run_id: str, cap: int) -> bool:

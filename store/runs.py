@@ -8,8 +8,9 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
+from store.pagination import keyset_page
 from store.tables import Checkpoint, Run, RunEvent, SampleJob, utcnow
 
 ACTIVE = ("queued", "running", "cancelling")
@@ -74,6 +75,19 @@ def get_run(*, session: Session, tenant: str, run_id: str) -> Run | None:
     return session.scalar(select(Run).where(Run.id == run_id, Run.tenant == tenant))
 
 
+def load_run(*, session: Session, run_id: str) -> Run | None:
+    """Any tenant's run, by id: for the worker, which got the id from a message the api sent."""
+    return session.get(Run, run_id)
+
+
+def status_of(*, session: Session, run_id: str) -> str | None:
+    return session.scalar(select(Run.status).where(Run.id == run_id))
+
+
+def cancel_requested(*, session: Session, run_id: str) -> bool:
+    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+
+
 def list_runs(
     *,
     session: Session,
@@ -83,21 +97,13 @@ def list_runs(
     status: str | None = None,
     sweep_id: str | None = None,
 ) -> tuple[list[Run], bool]:
-    """Newest first; `after` is the id of the last run of the previous page."""
+    """Newest first; `after` is the id of the last run of the previous page (UnknownCursor if none)."""
     query = select(Run).where(Run.tenant == tenant)
     if status:
         query = query.where(Run.status == status)
     if sweep_id:
         query = query.where(Run.sweep_id == sweep_id)
-    if after:
-        anchor = get_run(session=session, tenant=tenant, run_id=after)
-        if anchor is not None:
-            query = query.where(
-                (Run.created_at < anchor.created_at)
-                | ((Run.created_at == anchor.created_at) & (Run.id < anchor.id))
-            )
-    rows = list(session.scalars(query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return keyset_page(session, query, Run, tenant=tenant, limit=limit, after=after)
 
 
 def add_event(
@@ -171,6 +177,16 @@ def request_cancel(*, session: Session, run: Run) -> None:
         set_status(session=session, run_id=run.id, status="cancelling", expect=("running",), cancel_requested=True)
 
 
+def cancel_abandoned(*, session: Session) -> list[str]:
+    """A run being cancelled whose worker died is cancelled: nobody will train it again."""
+    now = utcnow()
+    ids = list(session.scalars(select(Run.id).where(Run.status == "cancelling", Run.lease_expires_at < now)))
+    for run_id in ids:
+        set_status(session=session, run_id=run_id, status="cancelled", expect=("cancelling",),
+                   message="cancelled (worker lost)")
+    return ids
+
+
 def save_checkpoint(*, session: Session, run_id: str, step: int, data: bytes, is_final: bool, keep: int) -> str:
     """Store a checkpoint; keep the newest `keep` non-final ones (retention)."""
     ckpt = Checkpoint(run_id=run_id, step=step, data=data, size=len(data), is_final=is_final)
@@ -191,8 +207,6 @@ def latest_checkpoint(*, session: Session, run_id: str) -> Checkpoint | None:
 
 def list_checkpoints(*, session: Session, run_id: str) -> list[Checkpoint]:
     """Metadata only: the bytes are deferred until a download asks for them."""
-    from sqlalchemy.orm import defer
-
     return list(
         session.scalars(
             select(Checkpoint).options(defer(Checkpoint.data)).where(Checkpoint.run_id == run_id)

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from store import runs
+from store.pagination import keyset_page
 from store.tables import Run, Sweep
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "partially-failed")
@@ -170,14 +171,6 @@ def sweep_runs(*, session: Session, sweep: Sweep) -> list[Run]:
 
 
 def list_sweeps(*, session: Session, tenant: str, limit: int, after: str | None = None) -> tuple[list[Sweep], bool]:
-    """Newest first; `after` is the id of the last sweep of the previous page."""
-    query = select(Sweep).where(Sweep.tenant == tenant)
-    if after:
-        anchor = get_sweep(session=session, tenant=tenant, sweep_id=after)
-        if anchor is not None:
-            query = query.where(
-                (Sweep.created_at < anchor.created_at)
-                | ((Sweep.created_at == anchor.created_at) & (Sweep.id < anchor.id))
-            )
-    rows = list(session.scalars(query.order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    """Newest first; `after` is the id of the last sweep of the previous page (UnknownCursor if none)."""
+    return keyset_page(session, select(Sweep).where(Sweep.tenant == tenant), Sweep, tenant=tenant, limit=limit,
+                       after=after)

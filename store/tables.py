@@ -43,7 +43,21 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
 
 
-class Run(Base):
+class LeasedJob:
+    """The columns of a job a worker claims and holds by a lease (store/leases.py): runs and sample jobs.
+
+    `status` moves queued -> running (claimed) -> a terminal status; `lease_owner` holds it
+    while `lease_expires_at` is in the future; `enqueued_at` is when it was last queued (the
+    reconciler re-enqueues a job whose message may be lost)."""
+
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+
+
+class Run(LeasedJob, Base):
     __tablename__ = "runs"
     __table_args__ = (
         UniqueConstraint("tenant", "idempotency_key", name="uq_runs_tenant_idempotency_key"),
@@ -53,7 +67,6 @@ class Run(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("run"))
     tenant: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
     spec: Mapped[dict[str, Any]]
     sweep_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("sweeps.id"), index=True)
     step: Mapped[int] = mapped_column(Integer, default=0)
@@ -61,11 +74,7 @@ class Run(Base):
     metrics: Mapped[dict[str, Any] | None]
     evaluation: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    lease_owner: Mapped[str | None] = mapped_column(String(128))
-    lease_expires_at: Mapped[datetime | None]
-    enqueued_at: Mapped[datetime | None]
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -101,7 +110,7 @@ class Checkpoint(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class SampleJob(Base):
+class SampleJob(LeasedJob, Base):
     """Samples drawn on demand from a run's checkpoint; also holds a run's preview."""
 
     __tablename__ = "sample_jobs"
@@ -111,13 +120,8 @@ class SampleJob(Base):
     run_id: Mapped[str] = mapped_column(String(32), ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     checkpoint_id: Mapped[str | None] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(16), default="on_demand")  # or "preview"
-    status: Mapped[str] = mapped_column(String(16), default="queued")
     params: Mapped[dict[str, Any]]
     error: Mapped[str | None] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    lease_owner: Mapped[str | None] = mapped_column(String(128))
-    lease_expires_at: Mapped[datetime | None]
-    enqueued_at: Mapped[datetime | None]
     images_npz: Mapped[bytes | None] = mapped_column(LargeBinary)
     grid_png: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 from models import datasets, uploads
+from store import datasets as stored
 from store.db import session_scope
 from store.settings import get_settings
-from store.tables import Dataset
 
 
 def load_images(name: str, *, tenant: str) -> datasets.ImageSet:
     settings = get_settings()
     if name.startswith("upload:"):
         with session_scope() as session:
-            data = session.scalar(
-                select(Dataset.data).where(Dataset.id == name.removeprefix("upload:"), Dataset.tenant == tenant)
-            )
+            data = stored.dataset_bytes(session=session, tenant=tenant, dataset_id=name)
         if data is None:
             raise LookupError(f"dataset {name!r} no longer exists")
         return uploads.read_npz_bytes(data)

@@ -10,9 +10,7 @@ import logging
 import threading
 import time
 
-from sqlalchemy import select
-
-from store import leases
+from store import leases, runs
 from store.db import session_scope
 from store.settings import get_settings
 from store.tables import Run
@@ -53,5 +51,5 @@ class Heartbeat:
         with session_scope() as session:
             if not leases.renew(session, self.job, self.job_id, owner=self.owner, lease_seconds=self.lease_seconds):
                 self.stop_reason = "lease_lost"
-            elif self.job is Run and session.scalar(select(Run.cancel_requested).where(Run.id == self.job_id)):
+            elif self.job is Run and runs.cancel_requested(session=session, run_id=self.job_id):
                 self.stop_reason = "cancelled"

@@ -9,12 +9,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from sqlalchemy import select
-
 from store import leases, runs
 from store.db import session_scope
 from store.settings import get_settings
-from store.tables import Run, SampleJob, utcnow
+from store.tables import Run, SampleJob
 from worker.celery_app import enqueue_sample, enqueue_train
 
 log = logging.getLogger(__name__)
@@ -23,7 +21,7 @@ log = logging.getLogger(__name__)
 def reconcile_once() -> dict[str, list[str]]:
     settings = get_settings()
     with session_scope() as session:
-        abandoned = _abandoned_cancels(session)
+        abandoned = runs.cancel_abandoned(session=session)
         runs_back = leases.expired(session, Run) + leases.stale_queued(
             session, Run, older_than=settings.requeue_after_seconds)
         samples_back = leases.expired(session, SampleJob) + leases.stale_queued(
@@ -38,16 +36,6 @@ def reconcile_once() -> dict[str, list[str]]:
     if runs_back or samples_back or abandoned:
         log.warning("reconciler: runs %s, samples %s re-enqueued; %s cancelled", runs_back, samples_back, abandoned)
     return {"runs": runs_back, "samples": samples_back, "cancelled": abandoned}
-
-
-def _abandoned_cancels(session) -> list[str]:
-    """A run being cancelled whose worker died is cancelled: nobody will train it again."""
-    now = utcnow()
-    ids = list(session.scalars(select(Run.id).where(Run.status == "cancelling", Run.lease_expires_at < now)))
-    for run_id in ids:
-        runs.set_status(session=session, run_id=run_id, status="cancelled", expect=("cancelling",),
-                        message="cancelled (worker lost)")
-    return ids
 
 
 def start_reconciler_thread() -> threading.Event:

@@ -10,10 +10,11 @@ import numpy as np
 from models.images import grid_png
 from models.samplers import sample_from_state
 from models.trainer import resolve_device
-from store import leases, runs
+from store import leases
+from store import samples as stored
 from store.db import session_scope
 from store.settings import get_settings
-from store.tables import Checkpoint, SampleJob, utcnow
+from store.tables import SampleJob
 from worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,7 @@ def run_sampling(sample_id: str, *, owner: str) -> None:
 def _sample(sample_id: str) -> None:
     settings = get_settings()
     with session_scope() as session:
-        job = session.get(SampleJob, sample_id)
-        params = dict(job.params)
-        ckpt = (session.get(Checkpoint, job.checkpoint_id) if job.checkpoint_id
-                else runs.latest_checkpoint(session=session, run_id=job.run_id))
+        params, ckpt = stored.job_source(session=session, sample_id=sample_id)
         if ckpt is None:
             raise LookupError("the run has no checkpoint to sample from yet")
         state = ckpt.data
@@ -57,8 +55,5 @@ def _sample(sample_id: str) -> None:
 
 
 def _finish(sample_id: str, **values: object) -> None:
-    from sqlalchemy import update
-
     with session_scope() as session:
-        session.execute(update(SampleJob).where(SampleJob.id == sample_id)
-                        .values(finished_at=utcnow(), lease_owner=None, **values))
+        stored.finish_sample(session=session, sample_id=sample_id, **values)

@@ -17,9 +17,10 @@ from models.samplers import sample_from_state
 from models.spec import RunSpec
 from models.trainer import NonFiniteLoss, TrainHooks, resolve_device, train
 from store import leases, quotas, runs
+from store import samples as stored_samples
 from store.db import session_scope
 from store.settings import get_settings
-from store.tables import Run, SampleJob, as_utc
+from store.tables import Run, as_utc
 from worker.data import load_images
 from worker.evaluation import evaluate_final
 from worker.heartbeat import Heartbeat
@@ -59,7 +60,7 @@ def run_training(run_id: str, *, owner: str) -> None:
 def _train(run_id: str, *, owner: str) -> None:
     settings = get_settings()
     with session_scope() as session:
-        run = session.get(Run, run_id)
+        run = runs.load_run(session=session, run_id=run_id)
         tenant, spec_json = run.tenant, run.spec
         started = run.started_at
         resume = runs.latest_checkpoint(session=session, run_id=run_id)
@@ -97,7 +98,7 @@ def _train(run_id: str, *, owner: str) -> None:
         with session_scope() as session:
             ckpt_id = runs.save_checkpoint(session=session, run_id=run_id, step=result.steps_done,
                                            data=result.state, is_final=True, keep=settings.keep_checkpoints)
-            session.add(_preview_job(run_id, tenant, ckpt_id, spec, images))
+            _add_preview(session, run_id, tenant, ckpt_id, spec, images)
             runs.set_status(session=session, run_id=run_id, status="succeeded", expect=MINE,
                             step=result.steps_done,
                             evaluation=scores)
@@ -112,11 +113,11 @@ def _init_weights(session, tenant: str, checkpoint_id: str | None) -> bytes | No
     return ckpt.data
 
 
-def _preview_job(run_id: str, tenant: str, ckpt_id: str, spec: RunSpec, images: np.ndarray) -> SampleJob:
+def _add_preview(session, run_id: str, tenant: str, ckpt_id: str, spec: RunSpec, images: np.ndarray) -> None:
     params = {"n": spec.preview.n, "sampler": spec.preview.sampler, "steps": spec.preview.steps,
               "eta": 0.0, "seed": spec.preview.seed, "checkpoint": ckpt_id}
-    return SampleJob(tenant=tenant, run_id=run_id, checkpoint_id=ckpt_id, kind="preview", status="succeeded",
-                     params=params, images_npz=npz_bytes(images), grid_png=grid_png(images))
+    stored_samples.add_preview(session=session, tenant=tenant, run_id=run_id, checkpoint_id=ckpt_id, params=params,
+                               images_npz=npz_bytes(images), grid_png=grid_png(images))
 
 
 def _stopped(run_id: str, reason: str | None, step: int, limit: float) -> None:

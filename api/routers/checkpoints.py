@@ -6,9 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from api.deps import OwnedRun, SessionDep, TenantDep
-from api.errors import PROBLEM_RESPONSES, Problem, not_found
+from api.deps.auth import TenantDep
+from api.deps.ownership import OwnedRun
+from api.deps.session import SessionDep
+from api.errors import PROBLEM_RESPONSES
 from models.export import export_zip
+from service import runs as service
+from service.errors import not_found
 from store import runs
 
 router = APIRouter(tags=["checkpoints"], responses=PROBLEM_RESPONSES)
@@ -29,8 +33,6 @@ def download_checkpoint(checkpoint_id: Annotated[str, Path(max_length=64)], sess
             responses={200: {"content": {"application/zip": {}}}})
 def export_run(run: OwnedRun, session: SessionDep) -> Response:
     """The latest weights (EMA) as a diffusers DDPMPipeline folder, zipped."""
-    ckpt = runs.latest_checkpoint(session=session, run_id=run.id)
-    if ckpt is None:
-        raise Problem(409, "Conflict", f"run {run.id} has no checkpoint yet (status {run.status})")
+    ckpt = service.latest_checkpoint(session, run)
     return Response(export_zip(ckpt.data), media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{run.id}-diffusers.zip"'})

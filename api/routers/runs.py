@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 
-from api import limits
-from api.deps import OwnedRun, SessionDep, TenantDep
-from api.errors import PROBLEM_RESPONSES, Problem, invalid
-from api.routers.datasets import check_builtin_available
+from api.deps.auth import TenantDep
+from api.deps.ownership import OwnedRun
+from api.deps.pagination import PageDep, next_cursor
+from api.deps.session import SessionDep, SettingsDep
+from api.errors import PROBLEM_RESPONSES
 from api.schemas import (
     CheckpointPublic,
     CheckpointsPublic,
@@ -24,57 +23,15 @@ from api.schemas import (
     RunsPublic,
     RunStatus,
 )
-from models import networks
 from models.spec import RunSpec
+from service import runs as service
+from service.errors import Problem
 from store import runs
 from store.db import new_session
-from store.settings import get_settings
-from store.tables import Dataset, Run
-from worker.celery_app import enqueue_train
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=PROBLEM_RESPONSES)
 PNG = {200: {"content": {"image/png": {}}}}
 MAX_EVENT_ID = 2**31 - 1  # run_events.id is a 32-bit INTEGER on PostgreSQL: a larger cursor cannot match
-
-
-def check_dataset(session: SessionDep, tenant: str, spec: RunSpec) -> None:
-    """Uploads are checked here (the spec alone cannot see the database), and built-ins read from
-    REGDIFF_DATA_DIR are checked to be there, so a run on absent files fails now, not in the worker."""
-    if not spec.dataset.startswith("upload:"):
-        check_builtin_available(spec.dataset, get_settings())
-        return
-    info = session.scalar(
-        select(Dataset.info).where(Dataset.id == spec.dataset.removeprefix("upload:"), Dataset.tenant == tenant)
-    )
-    if info is None:
-        raise invalid("dataset", f"no uploaded dataset {spec.dataset!r}; upload one with POST /v1/datasets")
-    try:
-        networks.check_fits(spec.model.preset, info["image_size"])
-    except ValueError as exc:
-        raise invalid("model.preset", str(exc)) from None
-
-
-def submit(session: SessionDep, tenant: str, spec: RunSpec, *, idempotency_key: str | None = None,
-           sweep_id: str | None = None) -> tuple[Run, bool]:
-    """Validate against the database, store the run, then wake a worker (after the commit)."""
-    check_dataset(session, tenant, spec)
-    settings = get_settings()
-    limits.check_spec(session, settings, tenant, spec)
-    limits.check_run_quota(session, settings, tenant, idempotency_key=idempotency_key)
-    try:
-        run, created = runs.create_run(session=session, tenant=tenant, spec=spec.to_json(),
-                                       idempotency_key=idempotency_key, sweep_id=sweep_id)
-    except runs.IdempotencyConflict as exc:
-        raise Problem(422, "Idempotency-Key reused", f"this Idempotency-Key was used for run {exc} with another"
-                      " request body", errors=[{"field": "Idempotency-Key", "message": "reused with another body"}])
-    session.commit()
-    if created:
-        try:
-            enqueue_train(run.id)
-        except Exception:  # the run is stored; the reconciler enqueues it once the broker is back
-            log.exception("could not enqueue run %s; the reconciler will retry", run.id)
-    return run, created
 
 
 @router.post("", status_code=201, response_model=RunPublic)
@@ -82,10 +39,11 @@ def create_run(
     spec: RunSpec,
     session: SessionDep,
     tenant: TenantDep,
+    settings: SettingsDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> RunPublic:
-    run, created = submit(session, tenant, spec, idempotency_key=idempotency_key)
+    run, created = service.submit(session, settings, tenant, spec, idempotency_key=idempotency_key)
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -96,15 +54,14 @@ def create_run(
 def list_runs(
     session: SessionDep,
     tenant: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: Annotated[str | None, Query(max_length=64, description="cursor: the last id of the previous page")] = None,
+    page: PageDep,
     status: RunStatus | None = None,
     sweep_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> RunsPublic:
-    rows, has_more = runs.list_runs(session=session, tenant=tenant, limit=limit, after=after, status=status,
-                                    sweep_id=sweep_id)
+    rows, has_more = service.list_runs(session, tenant, limit=page.limit, after=page.after, status=status,
+                                       sweep_id=sweep_id)
     return RunsPublic(data=[RunPublic.of(r) for r in rows], has_more=has_more,
-                      next_cursor=rows[-1].id if has_more else None)
+                      next_cursor=next_cursor(rows, has_more))
 
 
 @router.get("/{run_id}", response_model=RunPublic)
@@ -114,19 +71,13 @@ def get_run(run: OwnedRun) -> RunPublic:
 
 @router.post("/{run_id}/cancel", response_model=RunPublic)
 def cancel_run(run: OwnedRun, session: SessionDep) -> RunPublic:
-    if run.status in runs.TERMINAL:
-        raise Problem(409, "Conflict", f"run {run.id} is already {run.status}")
-    runs.request_cancel(session=session, run=run)
-    session.commit()
-    session.refresh(run)
-    return RunPublic.of(run)
+    return RunPublic.of(service.cancel(session, run))
 
 
 @router.delete("/{run_id}", status_code=204)
 def delete_run(run: OwnedRun, session: SessionDep) -> Response:
     """Removes the run with its events, checkpoints and samples; a worker on it stops at its next beat."""
-    session.delete(run)
-    session.commit()
+    service.delete(session, run)
     return Response(status_code=204)
 
 
@@ -171,7 +122,7 @@ async def run_events(
 def _events_and_status(run_id: str, after: int) -> tuple[list, str | None]:
     with new_session() as session:
         rows, _ = runs.list_events(session=session, run_id=run_id, after=after, limit=500)
-        return rows, session.scalar(select(Run.status).where(Run.id == run_id))
+        return rows, runs.status_of(session=session, run_id=run_id)
 
 
 async def _event_stream(run_id: str, after: int, request: Request):

@@ -74,8 +74,14 @@ def test_lists_show_only_ones_own(two_tenants):
     for key, own, other in ((key_a, a, b), (key_b, b, a)):
         listed = client.get("/v1/runs", params={"limit": 100}, headers=bearer(key)).json()["data"]
         assert [r["id"] for r in listed] == [own["run_id"]]
-        # another tenant's run as a cursor or a sweep filter reveals nothing
-        assert client.get("/v1/runs", params={"after": other["run_id"]}, headers=bearer(key)).json()["data"] == listed
+        # another tenant's run as a cursor or a sweep filter reveals nothing: the cursor is refused
+        # exactly like one that never existed (a 422 naming `after`)
+        foreign = client.get("/v1/runs", params={"after": other["run_id"]}, headers=bearer(key))
+        missing = client.get("/v1/runs", params={"after": "run_missing"}, headers=bearer(key))
+        assert foreign.status_code == missing.status_code == 422
+        assert foreign.json()["errors"][0]["field"] == missing.json()["errors"][0]["field"] == "after"
+        assert foreign.json()["detail"].replace(other["run_id"], "?") == missing.json()["detail"].replace(
+            "run_missing", "?")
         assert client.get("/v1/runs", params={"sweep_id": other["sweep_id"]}, headers=bearer(key)).json()["data"] == []
         events = client.get(f"/v1/runs/{own['run_id']}/events", headers=bearer(key)).json()["data"]
         assert events and all("run_id" not in e for e in events)

@@ -81,3 +81,10 @@ def test_unknown_run_is_a_404_problem(client):
         assert response.status_code == 404, path
         assert response.headers["content-type"] == "application/problem+json"
         assert "run_nope" in response.json()["detail"] or "smp_nope" in response.json()["detail"]
+
+
+def test_an_unknown_list_cursor_is_a_422_naming_after(client):
+    response = client.get("/v1/runs", params={"after": "run_nosuchrun"})
+    assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in response.json()["errors"]] == ["after"]
+    assert "run_nosuchrun" in response.json()["detail"]

@@ -141,3 +141,10 @@ def test_a_tiny_lambda_sweep_end_to_end_to_its_report(client):
     image = Image.open(io.BytesIO(png.content))
     image.load()
     assert image.size[0] > 400 and image.size[1] > 300
+
+
+def test_an_unknown_sweep_cursor_is_a_422_naming_after(client):
+    response = client.get("/v1/sweeps", params={"after": "swp_nosuchsweep"})
+    assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in response.json()["errors"]] == ["after"]
+    assert "swp_nosuchsweep" in response.json()["detail"]

@@ -60,3 +60,36 @@ def test_idempotency_key_replays_and_refuses_another_body(session):
         runs.create_run(session=session, tenant="t", spec={"train": {"steps": 11}}, idempotency_key="k")
     other_tenant, created_other = runs.create_run(session=session, tenant="u", spec=SPEC, idempotency_key="k")
     assert created_other and other_tenant.id != run.id
+
+
+def test_keyset_pages_cover_every_row_once_newest_first_and_refuse_unknown_cursors(session):
+    """Runs and sweeps page through the one helper; the oracle is a plain sort of all rows.
+
+    Rows share created_at in pairs (ties are broken by id), and another tenant's rows
+    interleave; a foreign or missing cursor raises instead of restarting at page 1."""
+    from datetime import UTC, datetime, timedelta
+
+    from store import sweeps
+    from store.pagination import UnknownCursor
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(7):
+        for tenant in ("t", "u"):
+            run, _ = runs.create_run(session=session, tenant=tenant, spec=SPEC)
+            run.created_at = start + timedelta(seconds=i // 2)
+            sweep, _ = sweeps.create_sweep(session=session, tenant=tenant, base={}, vary={}, specs=[])
+            sweep.created_at = start + timedelta(seconds=i // 2)
+    session.commit()
+    for list_rows, table in ((runs.list_runs, Run), (sweeps.list_sweeps, sweeps.Sweep)):
+        mine = [r for r in session.query(table).all() if r.tenant == "t"]
+        expected = [r.id for r in sorted(mine, key=lambda r: (r.created_at, r.id), reverse=True)]
+        seen, after, more = [], None, True
+        while more:
+            page, more = list_rows(session=session, tenant="t", limit=3, after=after)
+            seen += [r.id for r in page]
+            after = page[-1].id
+        assert seen == expected
+        foreign = next(r.id for r in session.query(table).all() if r.tenant == "u")
+        for cursor in (foreign, "nope_123"):
+            with pytest.raises(UnknownCursor):
+                list_rows(session=session, tenant="t", limit=3, after=cursor)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from api.errors import Problem
 from models import datasets
 from models.spec import RunSpec
+from service.errors import Problem, invalid_fields
+from store import datasets as stored_datasets
 from store import quotas, runs
 from store.settings import Settings
 
@@ -41,8 +42,7 @@ def check_spec(session: Session, settings: Settings, tenant: str, spec: RunSpec)
         errors.append({"field": "init_from", "message": f"no checkpoint {spec.init_from!r}; list a run's"
                        " checkpoints at /v1/runs/{id}/checkpoints"})
     if errors:
-        raise Problem(422, "Invalid request", "; ".join(f"{e['field']}: {e['message']}" for e in errors),
-                      errors=errors)
+        raise invalid_fields(errors)
 
 
 def check_run_quota(session: Session, settings: Settings, tenant: str, *, new_runs: int = 1,
@@ -67,7 +67,7 @@ def check_run_quota(session: Session, settings: Settings, tenant: str, *, new_ru
 
 def _image_size(session: Session, tenant: str, dataset: str) -> int | None:
     if dataset.startswith("upload:"):
-        upload_id = dataset.removeprefix("upload:")
-        return quotas.uploaded_image_size(session=session, tenant=tenant, dataset_id=upload_id)
+        upload = stored_datasets.get_dataset(session=session, tenant=tenant, dataset_id=dataset)
+        return None if upload is None else int(upload.info["image_size"])
     info = datasets.BUILTIN.get(dataset)
     return info.image_size if info else None

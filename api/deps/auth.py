@@ -1,34 +1,20 @@
-"""Dependencies as Annotated aliases: the session, the tenant, and owned resources."""
+"""Authentication: who is calling (a Principal: tenant and key), from `Authorization: Bearer <key>`."""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from api.errors import Problem, not_found
-from api.security import retry_after
-from store import keys, runs
-from store.db import new_session
-from store.settings import Settings, get_settings, is_loopback
-from store.tables import Run, SampleJob
+from api.deps.session import SessionDep, SettingsDep
+from service.errors import Problem
+from store import keys
+from store.settings import Settings, is_loopback
 
 DEFAULT_TENANT = "default"
-
-
-def get_session() -> Iterator[Session]:
-    with new_session() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def auth_required(settings: Settings, request: Request | None = None) -> bool:
@@ -90,46 +76,8 @@ def authenticate(
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
-def rate_limited(request: Request, principal: PrincipalDep) -> Principal:
-    """Every /v1 request spends a token of its key's bucket.
-
-    Without a key (keys off), a remote client spends from its address's bucket; the local user
-    of the embedded default on loopback is not limited."""
-    limiter = getattr(request.app.state, "rate_limiter", None)
-    client = request.client.host if request.client else ""
-    if limiter is None or (principal.key_id is None and is_loopback(client)):
-        return principal
-    wait = limiter.take(principal.key_id or f"anonymous:{client}")
-    if wait > 0:
-        raise Problem(429, "Too Many Requests",
-                      f"rate limit of {limiter.rate * 60:g} requests per minute per key exceeded;"
-                      f" retry in {retry_after(wait)} s", headers={"Retry-After": retry_after(wait)})
-    return principal
-
-
 def current_tenant(principal: PrincipalDep) -> str:
     return principal.tenant
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]
-
-
-def owned_run(run_id: Annotated[str, Path()], session: SessionDep, tenant: TenantDep) -> Run:
-    """The run if this tenant owns it; another tenant's run answers 404, exactly like a missing one."""
-    run = runs.get_run(session=session, tenant=tenant, run_id=run_id)
-    if run is None:
-        raise not_found("run", run_id)
-    return run
-
-
-OwnedRun = Annotated[Run, Depends(owned_run)]
-
-
-def owned_sample(sample_id: Annotated[str, Path()], session: SessionDep, tenant: TenantDep) -> SampleJob:
-    job = session.scalar(select(SampleJob).where(SampleJob.id == sample_id, SampleJob.tenant == tenant))
-    if job is None:
-        raise not_found("sample job", sample_id)
-    return job
-
-
-OwnedSample = Annotated[SampleJob, Depends(owned_sample)]

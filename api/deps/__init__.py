@@ -1,0 +1,1 @@
+"""FastAPI dependencies, one module per concern: session, auth (who calls), rate_limit, ownership."""

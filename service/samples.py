@@ -1,0 +1,46 @@
+"""Samples on demand from a run's checkpoint: checked, stored as a queued job, then queued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from service.errors import Problem, invalid
+from service.lookup import found
+from store import runs
+from store import samples as stored
+from store.settings import Settings
+from store.tables import Run, SampleJob
+from worker.celery_app import enqueue_sample
+
+
+def request_samples(session: Session, settings: Settings, run: Run, params: dict[str, Any]) -> SampleJob:
+    """`params` as SampleRequest holds them (n, sampler, steps, eta, seed, checkpoint)."""
+    if params["n"] > settings.max_sample_n:
+        raise invalid("n", f"at most {settings.max_sample_n} images per request (REGDIFF_MAX_SAMPLE_N)")
+    checkpoint = params.get("checkpoint")
+    if checkpoint is not None:
+        ckpt = runs.get_checkpoint(session=session, tenant=run.tenant, checkpoint_id=checkpoint)
+        if ckpt is None or ckpt.run_id != run.id:
+            raise invalid("checkpoint", f"run {run.id} has no checkpoint {checkpoint!r}; list them at"
+                          f" /v1/runs/{run.id}/checkpoints")
+    elif runs.latest_checkpoint(session=session, run_id=run.id) is None:
+        raise Problem(409, "Conflict", f"run {run.id} has no checkpoint yet (status {run.status})")
+    job = stored.create_sample_job(session=session, tenant=run.tenant, run_id=run.id, checkpoint_id=checkpoint,
+                                   params=params)
+    session.commit()
+    enqueue_sample(job.id)
+    return job
+
+
+def get_sample(session: Session, tenant: str, sample_id: str) -> SampleJob:
+    """Another tenant's job answers 404, exactly like a missing one."""
+    return found(stored.get_sample(session=session, tenant=tenant, sample_id=sample_id), "sample job", sample_id)
+
+
+def finished(job: SampleJob) -> SampleJob:
+    """The job, once it has images; 409 while it is queued or running, or after it failed."""
+    if job.status != "succeeded":
+        raise Problem(409, "Conflict", f"sample job {job.id} is {job.status}" + (f": {job.error}" if job.error else ""))
+    return job
