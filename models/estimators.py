@@ -11,7 +11,7 @@ exactly the pixels the penalty should push back (too bright, too dark) would get
 (CoPaint#6). Clipping belongs to sampling only (`models/samplers.py`).
 
 Notation: t_0 = t > t_1 > ... > t_{K-1} >= 0, per sample, t_k = floor(t (K - k) / K).
-    call k:  (x0_k, eps_k) = split(f(x_{t_k}, t_k))
+    call k:  (x0_k, eps_k) = to_x0_eps(f(x_{t_k}, t_k))
     step:    x_{t_{k+1}} = a_{t_{k+1}} x0_k + s_{t_{k+1}} eps_k          (DDIM, eta = 0)
     result:  x0_hat = x0_{K-1}                                           (K = 1: Tweedie)
 """
@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from models import parameterization
 from models.schedule import NoiseSchedule
 
-Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, C, H, W), t (B,) long) -> output (B, C, H, W) fp32
+NetworkCall = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, C, H, W), t (B,) long) -> output (B, C, H, W) fp32
 
 
 def tweedie_x0(output: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule, prediction: str) -> Tensor:
@@ -46,7 +46,7 @@ def ddim_timesteps(t: Tensor, steps: int) -> list[Tensor]:
 
 
 def ddim_x0(
-    net: Denoiser,
+    net: NetworkCall,
     x_t: Tensor,
     t: Tensor,
     schedule: NoiseSchedule,
@@ -79,7 +79,7 @@ def ddim_x0(
                     output = checkpoint(net, x, t_k, use_reentrant=False)
                 else:
                     output = net(x, t_k)
-        x0_k, eps_k = parameterization.split(prediction, output, x, *schedule.coeffs(t_k))
+        x0_k, eps_k = parameterization.to_x0_eps(prediction, output, x, *schedule.coeffs(t_k))
         if k + 1 < steps:
             a_next, s_next = schedule.coeffs(times[k + 1])
             x = a_next * x0_k + s_next * eps_k

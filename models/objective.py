@@ -96,7 +96,7 @@ class Objective:
 
     def penalty_per_sample(
         self,
-        net: estimators.Denoiser,
+        net: estimators.NetworkCall,
         output: Tensor,
         x_t: Tensor,
         t: Tensor,
@@ -136,7 +136,7 @@ class Objective:
 
     def __call__(
         self,
-        net: estimators.Denoiser,
+        net: estimators.NetworkCall,
         x0: Tensor,
         t: Tensor,
         noise: Tensor,

@@ -18,7 +18,7 @@ from models import checkpoint
 from models.datasets import to_uint8
 from models.schedule import scheduler_config
 from models.spec import ModelSpec, SamplerName
-from models.trainer import resolve_device
+from models.devices import resolve_device
 
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 MAX_BATCH = 256  # images per network call; bounds memory for large n

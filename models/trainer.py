@@ -20,7 +20,8 @@ from torch import Tensor
 
 from models import checkpoint, networks, regularizers
 from models.datasets import ImageSet, to_tensor
-from models.estimators import Denoiser
+from models.devices import resolve_device
+from models.estimators import NetworkCall
 from models.objective import LossParts, Objective
 from models.schedule import make_schedule
 from models.spec import RunSpec
@@ -57,31 +58,20 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # the last logged metrics
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """`auto` is cuda if available, else cpu; asking for cuda without one is an error."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).split(":")[0] not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {str(name)!r}; allowed: auto, cpu, cuda")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available")
-    return device
-
-
 def uses_bf16(spec: RunSpec, device: torch.device) -> bool:
     """bf16 autocast on CUDA only: on CPU it is slower than fp32 for these small convs."""
     return device.type == "cuda" and spec.train.precision in ("auto", "bf16")
 
 
-def denoiser(net: UNet2DModel, bf16: bool) -> Denoiser:
-    """UNet call under autocast, output cast back to fp32 so all loss math is fp32."""
+def autocast_call(net: UNet2DModel, bf16: bool) -> NetworkCall:
+    """The UNet as a plain (x_t, t) -> output function, under bf16 autocast if asked, output
+    cast back to fp32 so all loss math is fp32."""
 
-    def denoise(x: Tensor, t: Tensor) -> Tensor:
+    def call_net(x: Tensor, t: Tensor) -> Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             return net(x, t).sample.float()
 
-    return denoise
+    return call_net
 
 
 def ema_decay(step: int, target: float) -> float:
@@ -209,7 +199,7 @@ def train(
 
     schedule = make_schedule(spec.model, device)
     objective = Objective(spec, schedule, _penalty(spec))
-    denoise = denoiser(net, uses_bf16(spec, device))
+    call_net = autocast_call(net, uses_bf16(spec, device))
     window, watch = _Window(device), _FiniteWatch(device)
     metrics: dict[str, float] = {}
 
@@ -219,7 +209,7 @@ def train(
         x0 = images[idx]  # (B, C, H, W)
         t = torch.randint(schedule.timesteps, (cfg.batch_size,), generator=gen, device=device)  # (B,)
         noise = torch.randn(x0.shape, generator=gen, device=device)  # (B, C, H, W)
-        parts = objective(denoise, x0, t, noise, step=step, generator=host_gen)
+        parts = objective(call_net, x0, t, noise, step=step, generator=host_gen)
 
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()

@@ -9,7 +9,7 @@ import numpy as np
 
 from models.images import grid_png
 from models.samplers import sample_from_state
-from models.trainer import resolve_device
+from models.devices import resolve_device
 from store import leases, runs
 from store.db import session_scope
 from store.settings import get_settings

@@ -10,7 +10,8 @@ from models.datasets import ImageSet, load_builtin, to_tensor
 from models.regularizers import TotalVariation
 from models.samplers import sample_from_state
 from models.spec import RunSpec
-from models.trainer import NonFiniteLoss, TrainHooks, resolve_device, train
+from models.devices import resolve_device
+from models.trainer import NonFiniteLoss, TrainHooks, train
 
 
 @pytest.fixture(scope="module", autouse=True)
