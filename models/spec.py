@@ -119,7 +119,9 @@ class RegScheduleSpec(Strict):
         ge=1,
         description="penalty only for t < t_max: x0_hat is blurry and its error grows as 1/sqrt(SNR)",
     )
-    weighting: Weighting = "none"
+    weighting: Weighting = Field(
+        "none", description="w(t) on the penalty; snr is unbounded near t=0 (models/objective.py)"
+    )
     gamma: FiniteFloat = Field(5.0, gt=0, description="min_snr: the SNR cap")
 
     @model_validator(mode="after")
