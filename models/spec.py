@@ -151,7 +151,7 @@ class TrainSpec(Strict):
         0,
         ge=0,
         description="0: off. Otherwise hold out a fixed 5% of the dataset (seeded) and log val_loss, the"
-        " diffusion loss on it at fixed noise and t, at the first log step on or after every multiple",
+        " diffusion loss on it at fixed noise and t, every val_every steps (each log carries the latest)",
     )
 
 

@@ -238,7 +238,7 @@ def train(
     call_net = autocast_call(net, uses_bf16(spec, device))
     window, watch = _Window(device), _FiniteWatch(device)
     metrics: dict[str, float] = {}
-    val_loss: Tensor | None = None  # the latest, read (host sync) on the next log step
+    val_loss: Tensor | None = None  # the latest held-out loss, read (host sync) on log steps
 
     # 3. The loop: no host sync except on log and checkpoint steps.
     while step < cfg.steps:
@@ -269,8 +269,8 @@ def train(
                 "lr": cfg.lr,
                 "ema_horizon": 1 / (1 - decay),  # steps the EMA averages over now
             }
-            if val_loss is not None:
-                metrics["val_loss"], val_loss = val_loss.item(), None
+            if val_loss is not None:  # the latest, in every log: the run's metrics are the last log
+                metrics["val_loss"] = val_loss.item()
             hooks.on_log(step, metrics)
             if hooks.should_stop():
                 return TrainResult(step, stopped=True, state=snapshot(), metrics=metrics)
