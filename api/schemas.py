@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.spec import FiniteFloat, SamplerName, Strict
+from models.spec import FiniteFloat, GuidanceSpec, SamplerName, Strict
 from store.tables import Checkpoint, Dataset, Run, RunEvent, SampleJob, Sweep, as_utc
 
 RunStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
@@ -110,6 +110,7 @@ class SampleRequest(Strict):
     eta: FiniteFloat = Field(0.0, ge=0, le=1, description="ddim: 0 deterministic, 1 DDPM-like")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     checkpoint: str | None = Field(None, description="a checkpoint id of this run; default: the latest")
+    guidance: GuidanceSpec | None = Field(None, description="regularizer-guided sampling (models/samplers.py)")
 
 
 class SamplePublic(BaseModel):

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from models.datasets import ImageSet, load_builtin
 from models.samplers import SAMPLERS, sample_from_state
 from models.spec import RunSpec
-from models.trainer import resolve_device, train, uses_bf16
+from models.devices import resolve_device
+from models.trainer import train, uses_bf16
 
 
 def spec(args: argparse.Namespace, **overrides) -> RunSpec:

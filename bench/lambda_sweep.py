@@ -41,7 +41,8 @@ from models import evaluation
 from models.datasets import ImageSet, load_builtin
 from models.samplers import sample_from_state
 from models.spec import RunSpec
-from models.trainer import resolve_device, train
+from models.devices import resolve_device
+from models.trainer import train
 
 GRID = 16  # samples shown per run in the figure (4 x 4)
 

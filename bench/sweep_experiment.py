@@ -113,7 +113,8 @@ def run_in_process(args: argparse.Namespace, body: dict[str, Any]) -> tuple[dict
     from models.images import grid_png
     from models.samplers import sample_from_state
     from models.spec import RunSpec
-    from models.trainer import resolve_device, train
+    from models.devices import resolve_device
+    from models.trainer import train
     from service import reports
     from store.settings import get_settings
     from store.sweeps import grid, set_path

@@ -5,7 +5,10 @@ One file holds everything a resume needs to continue bit for bit, and explains i
     ema.<name>       EMA weights (what sampling uses)   float32
     optim.<i>.<key>  AdamW state of parameter i         (step, exp_avg, exp_avg_sq)
     rng.<name>       torch.Generator states             uint8
-    metadata         format, spec (RunSpec JSON), step, image_size, channels, rng_device
+    metadata         format, spec (RunSpec JSON), step, ema_step, image_size, channels, rng_device
+
+`ema_step` is the EMA's own warm-up position: equal to `step` for a run from scratch, larger
+for a run fine-tuned with init_from (which continues its source's EMA instead of restarting it).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from safetensors.torch import load, save
 from torch import Tensor
 
 from models import networks
-from models.spec import ModelSpec
+from models import datasets
+from models.spec import FieldError, ModelSpec, RunSpec
 
 FORMAT = "regdiff.train_state.v1"
 
@@ -37,6 +41,7 @@ class TrainState:
     optimizer: dict[str, Tensor]  # "<param index>.<key>"
     rng: dict[str, Tensor]  # uint8 generator states
     rng_device: str  # device type ("cpu", "cuda") the "device" generator state belongs to
+    ema_step: int  # EMA updates behind `ema` (init_from carries it over); drives the EMA warm-up
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -50,6 +55,7 @@ def to_bytes(state: TrainState) -> bytes:
         "format": FORMAT,
         "spec": json.dumps(state.spec, sort_keys=True),
         "step": str(state.step),
+        "ema_step": str(state.ema_step),
         "image_size": str(state.image_size),
         "channels": str(state.channels),
         "rng_device": state.rng_device,
@@ -87,7 +93,38 @@ def from_bytes(data: bytes) -> TrainState:
         optimizer=groups["optim"],
         rng=groups["rng"],
         rng_device=metadata["rng_device"],
+        ema_step=int(metadata.get("ema_step", metadata["step"])),  # older files: EMA as old as the run
     )
+
+
+MODEL_FIELDS = ("preset", "prediction", "schedule", "timesteps")
+
+
+def check_compatible(metadata: dict[str, str], spec: RunSpec) -> None:
+    """FieldError("init_from", ...) naming every model field where the checkpoint differs from
+    `spec`: its weights would load (same shapes) but mean something else, e.g. eps-trained weights
+    read as v-predictions. Reads only header metadata (`read_metadata`); the image size and channels
+    are checked for built-in datasets (an upload's shape mismatch fails at load, naming the tensor)."""
+    source = json.loads(metadata["spec"])["model"]
+    diffs = [(name, source.get(name), getattr(spec.model, name)) for name in MODEL_FIELDS]
+    info = datasets.BUILTIN.get(spec.dataset)
+    if info is not None:
+        diffs += [
+            ("image size", int(metadata["image_size"]), info.image_size),
+            ("channels", int(metadata["channels"]), info.channels),
+        ]
+    differing = [f"{name} (checkpoint {ours}, spec {theirs})" for name, ours, theirs in diffs if ours != theirs]
+    if differing:
+        raise FieldError("init_from", f"the checkpoint's model differs: {', '.join(differing)}")
+
+
+def model_mismatch(metadata: dict[str, str], spec: RunSpec) -> FieldError | None:
+    """`check_compatible`'s error as a value (None when compatible), for callers that collect errors."""
+    try:
+        check_compatible(metadata, spec)
+    except FieldError as exc:
+        return exc
+    return None
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:

@@ -10,8 +10,16 @@ Neither estimator clips x0_hat to [-1, 1]: a clamp has zero gradient outside the
 exactly the pixels the penalty should push back (too bright, too dark) would get no signal
 (CoPaint#6). Clipping belongs to sampling only (`models/samplers.py`).
 
+Leverage (what the network's weights feel): only the last `grad_steps` calls get gradient,
+and call k sees time t_k. With eps prediction d x0_k / d eps_k = -s/a at t_k, so with the
+default K=4, grad_steps=1 only the call at t_{K-1} = floor(t/4) < t_max/4 = 50 learns from
+the penalty, where |d x0_hat / d eps_hat| <= 0.17 (linear betas): averaged over t < 200 that
+is ~3.7x less leverage than Tweedie (whose call at t itself gets the gradient). grad_steps = K
+restores the gradient at every t_k (memory: K activations, or `checkpointing`). The earlier
+calls still shape *which* x0_hat is penalised, they just get no gradient of their own.
+
 Notation: t_0 = t > t_1 > ... > t_{K-1} >= 0, per sample, t_k = floor(t (K - k) / K).
-    call k:  (x0_k, eps_k) = split(f(x_{t_k}, t_k))
+    call k:  (x0_k, eps_k) = to_x0_eps(f(x_{t_k}, t_k))
     step:    x_{t_{k+1}} = a_{t_{k+1}} x0_k + s_{t_{k+1}} eps_k          (DDIM, eta = 0)
     result:  x0_hat = x0_{K-1}                                           (K = 1: Tweedie)
 """
@@ -27,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from models import parameterization
 from models.schedule import NoiseSchedule
 
-Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, C, H, W), t (B,) long) -> output (B, C, H, W) fp32
+NetworkCall = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, C, H, W), t (B,) long) -> output (B, C, H, W) fp32
 
 
 def tweedie_x0(output: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule, prediction: str) -> Tensor:
@@ -46,7 +54,7 @@ def ddim_timesteps(t: Tensor, steps: int) -> list[Tensor]:
 
 
 def ddim_x0(
-    net: Denoiser,
+    net: NetworkCall,
     x_t: Tensor,
     t: Tensor,
     schedule: NoiseSchedule,
@@ -79,7 +87,7 @@ def ddim_x0(
                     output = checkpoint(net, x, t_k, use_reentrant=False)
                 else:
                     output = net(x, t_k)
-        x0_k, eps_k = parameterization.split(prediction, output, x, *schedule.coeffs(t_k))
+        x0_k, eps_k = parameterization.to_x0_eps(prediction, output, x, *schedule.coeffs(t_k))
         if k + 1 < steps:
             a_next, s_next = schedule.coeffs(times[k + 1])
             x = a_next * x0_k + s_next * eps_k

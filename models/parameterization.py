@@ -2,7 +2,7 @@
 
 Every model output is turned into one `(x0, eps)` pair, so the loss, the estimators and the
 samplers never branch on the parameterization themselves. Mixing them up silently gives
-pure noise, hence one checked entry point (`split`) instead of scattered if/else.
+pure noise, hence one checked entry point (`to_x0_eps`) instead of scattered if/else.
 
 Notation (a = sqrt(abar_t), s = sqrt(1 - abar_t), both `(B, 1, 1, 1)`; a^2 + s^2 = 1):
     x_t = a x0 + s eps
@@ -57,7 +57,7 @@ def target(prediction: str, x0: Tensor, eps: Tensor, a: Tensor, s: Tensor) -> Te
     return v_from(x0, eps, a, s)
 
 
-def split(prediction: str, output: Tensor, x_t: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+def to_x0_eps(prediction: str, output: Tensor, x_t: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     """Model output -> (x0_hat, eps_hat), each `(B, C, H, W)`."""
     check(prediction)
     if prediction == "epsilon":
@@ -69,7 +69,7 @@ def split(prediction: str, output: Tensor, x_t: Tensor, a: Tensor, s: Tensor) ->
 
 def x0_from_output(prediction: str, output: Tensor, x_t: Tensor, a: Tensor, s: Tensor) -> Tensor:
     """The one-step posterior mean E[x0 | x_t] implied by the model output."""
-    return split(prediction, output, x_t, a, s)[0]
+    return to_x0_eps(prediction, output, x_t, a, s)[0]
 
 
 def min_snr_weight(prediction: str, snr: Tensor, gamma: float) -> Tensor:

@@ -60,6 +60,15 @@ class RegularizerTerm(Strict):
         return self
 
 
+def regularizer_terms(value: Any) -> Any:
+    """`"tv"` and `{"name": "tv"}` both mean `[{"name": "tv", "weight": 1}]`."""
+    if isinstance(value, str):
+        return [{"name": value}]
+    if isinstance(value, dict):
+        return [value]
+    return value
+
+
 class ModelSpec(Strict):
     preset: str = "unet-xs"
     prediction: Prediction = "epsilon"
@@ -97,14 +106,22 @@ class RegScheduleSpec(Strict):
     """Where in t and how strongly the penalty applies (see models/estimators.py)."""
 
     warmup_steps: int = Field(0, ge=0, description="lambda ramps linearly from 0 over these steps")
-    every: int = Field(1, ge=1, description="apply every N steps, scaled by N")
+    every: int = Field(
+        1,
+        ge=1,
+        description="apply the penalty on one step in N, times N. This keeps the expected loss, not the"
+        " effect: under AdamW with clipping the penalty's drift is about 0.3-0.6x that of every=1 for"
+        " N=4..10 (bench/every_adamw.py); use it to save compute, and compare runs at equal N",
+    )
     t_min: int = Field(0, ge=0)
     t_max: int = Field(
         200,
         ge=1,
         description="penalty only for t < t_max: x0_hat is blurry and its error grows as 1/sqrt(SNR)",
     )
-    weighting: Weighting = "none"
+    weighting: Weighting = Field(
+        "none", description="w(t) on the penalty; snr is unbounded near t=0 (models/objective.py)"
+    )
     gamma: FiniteFloat = Field(5.0, gt=0, description="min_snr: the SNR cap")
 
     @model_validator(mode="after")
@@ -118,11 +135,24 @@ class TrainSpec(Strict):
     steps: int = Field(2000, ge=1, le=MAX_STEPS)
     batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     lr: FiniteFloat = Field(2e-4, gt=0, le=1)
-    ema_decay: FiniteFloat = Field(0.999, ge=0, lt=1)
+    ema_decay: FiniteFloat = Field(
+        0.999,
+        ge=0,
+        lt=1,
+        description="the EMA's decay after warm-up: decay(k) = min(ema_decay, 1 - (1 + k)^-1), an equal-weight"
+        " average of all weights so far until step 1/(1 - ema_decay) - 1 (999 for 0.999), then a horizon of"
+        " 1/(1 - ema_decay) steps (logged as ema_horizon)",
+    )
     grad_clip: FiniteFloat = Field(1.0, gt=0)
     precision: Precision = "auto"
     seed: int = Field(0, ge=0, le=2**31 - 1)
     log_every: int = Field(10, ge=1)
+    val_every: int = Field(
+        0,
+        ge=0,
+        description="0: off. Otherwise hold out a fixed 5% of the dataset (seeded) and log val_loss, the"
+        " diffusion loss on it at fixed noise and t, every val_every steps (each log carries the latest)",
+    )
 
 
 class PreviewSpec(Strict):
@@ -132,6 +162,21 @@ class PreviewSpec(Strict):
     sampler: SamplerName = "ddim"
     steps: int = Field(50, ge=1, le=1000)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class GuidanceSpec(Strict):
+    """Regularizer-guided sampling, the training-free baseline (models/samplers.py): at each sampler
+    step with t < t_max, x_t <- x_t - scale * grad_{x_t} L'(x0_hat(x_t, t)), x0_hat from the model's
+    own output (universal / reconstruction guidance). Compare it with the penalty during training."""
+
+    regularizer: list[RegularizerTerm] = Field(description="same shape as RunSpec.regularizer")
+    scale: FiniteFloat = Field(ge=0, description="step size on x_t per sampler step; 0 reproduces unguided samples")
+    t_max: int = Field(1000, ge=1, le=4000, description="guide only the steps with t < t_max")
+
+    @field_validator("regularizer", mode="before")
+    @classmethod
+    def _accept_shorthand(cls, value: Any) -> Any:
+        return regularizer_terms(value)
 
 
 class EvaluationSpec(Strict):
@@ -158,7 +203,13 @@ class RunSpec(Strict):
     preview: PreviewSpec = Field(default_factory=PreviewSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     checkpoint_every: int | None = Field(500, ge=1)
-    init_from: str | None = Field(None, description="a checkpoint id to fine-tune from")
+    init_from: str | None = Field(
+        None,
+        description="a checkpoint id to fine-tune from; its EMA (and EMA warm-up position) carries over",
+    )
+    init_from_weights: Literal["ema", "raw"] = Field(
+        "ema", description="init_from: start the trained weights from the checkpoint's EMA or its raw weights"
+    )
     time_limit_seconds: FiniteFloat | None = Field(
         None, gt=0, description="fail the run past this much training time (capped by the server's limit)"
     )
@@ -166,12 +217,7 @@ class RunSpec(Strict):
     @field_validator("regularizer", mode="before")
     @classmethod
     def _accept_shorthand(cls, value: Any) -> Any:
-        """`"tv"` and `{"name": "tv"}` both mean `[{"name": "tv", "weight": 1}]`."""
-        if isinstance(value, str):
-            return [{"name": value}]
-        if isinstance(value, dict):
-            return [value]
-        return value
+        return regularizer_terms(value)
 
     @field_validator("dataset")
     @classmethod

@@ -6,6 +6,10 @@ device values (`.item()`, `.cpu()`) on log and checkpoint steps; between them, m
 the first non-finite step are accumulated on the device. Reproducibility: every random draw
 comes from two generators seeded from `spec.train.seed` (one on the device, one on the CPU
 for host-side choices), both saved in checkpoints, so a resumed run continues bit for bit.
+
+Fine-tuning (`init_weights`, the worker's init_from) continues the source's EMA: its weights
+and its warm-up position (`ema_step`), so the average is not overwritten within a few steps;
+the trained weights start from the source's EMA (`spec.init_from_weights`, default "ema").
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import torch
 from diffusers import UNet2DModel
 from torch import Tensor
 
-from models import checkpoint, networks, regularizers
+from models import checkpoint, networks, regularizers, validation
 from models.datasets import ImageSet, to_tensor
-from models.estimators import Denoiser
+from models.devices import resolve_device
+from models.estimators import NetworkCall
 from models.objective import LossParts, Objective
 from models.schedule import make_schedule
 from models.spec import RunSpec
@@ -29,11 +34,13 @@ HOST_SEED_OFFSET = 2**31  # the CPU generator's seed: never equal to a device se
 
 
 class NonFiniteLoss(ValueError):
-    """The loss became NaN/inf; names the first step and the term (diffusion or penalty)."""
+    """The loss or the gradient became NaN/inf; names the first step and the term
+    (diffusion, penalty or gradient: a finite loss can still have a NaN gradient)."""
 
     def __init__(self, step: int, term: str):
+        what = "gradient" if term == "gradient" else f"{term} loss"
         super().__init__(
-            f"non-finite {term} loss at step {step}; lower train.lr or lambda, or narrow reg_schedule"
+            f"non-finite {what} at step {step}; lower train.lr or lambda, or narrow reg_schedule"
         )
         self.step = step
         self.term = term
@@ -57,37 +64,47 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # the last logged metrics
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """`auto` is cuda if available, else cpu; asking for cuda without one is an error."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).split(":")[0] not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {str(name)!r}; allowed: auto, cpu, cuda")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available")
-    return device
-
-
 def uses_bf16(spec: RunSpec, device: torch.device) -> bool:
     """bf16 autocast on CUDA only: on CPU it is slower than fp32 for these small convs."""
     return device.type == "cuda" and spec.train.precision in ("auto", "bf16")
 
 
-def denoiser(net: UNet2DModel, bf16: bool) -> Denoiser:
-    """UNet call under autocast, output cast back to fp32 so all loss math is fp32."""
+def autocast_call(net: UNet2DModel, bf16: bool) -> NetworkCall:
+    """The UNet as a plain (x_t, t) -> output function, under bf16 autocast if asked, output
+    cast back to fp32 so all loss math is fp32."""
 
-    def denoise(x: Tensor, t: Tensor) -> Tensor:
+    def call_net(x: Tensor, t: Tensor) -> Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             return net(x, t).sample.float()
 
-    return denoise
+    return call_net
 
 
-def ema_decay(step: int, target: float) -> float:
-    """diffusers EMAModel-style warm-up: a fixed 0.999 would still be half the random init
-    after ~700 steps; (1 + step) / (10 + step) lets the average forget it early."""
-    return min(target, (1 + step) / (10 + step))
+EMA_INV_GAMMA = 1.0  # diffusers EMAModel's warm-up constants, chosen so that a default run
+EMA_POWER = 1.0  # reaches ema_decay: see ema_decay()
+
+
+def ema_decay(ema_step: int, target: float) -> float:
+    """The decay of EMA update number `ema_step` (0-based): diffusers' EMAModel warm-up
+    1 - (1 + k / inv_gamma)^-power, capped by `target` (spec.train.ema_decay).
+
+    With inv_gamma = power = 1 it is k / (k + 1): the EMA is the plain average of every weight
+    so far (the random init weighs 0 from the first update), until k = 1/(1 - target) - 1, then
+    the exponential average with horizon 1/(1 - target). For the default 0.999 that is step 999,
+    half of a default 2,000-step run. diffusers' power 2/3 would need 31,622 steps to reach
+    0.999, and the earlier (1 + k) / (10 + k) 8,991: every ema_decay in [0.9956, 1) then gave
+    the same weights in a default run. ema_decay values above 1 - 1/steps are still
+    indistinguishable: the run ends inside the warm-up.
+    """
+    return min(target, 1 - (1 + ema_step / EMA_INV_GAMMA) ** -EMA_POWER)
+
+
+def update_ema(ema_params: list[Tensor], params: list[Tensor], ema_step: int, target: float) -> float:
+    """ema <- decay * ema + (1 - decay) * params, in place; returns the decay used."""
+    decay = ema_decay(ema_step, target)
+    with torch.no_grad():
+        torch._foreach_lerp_(ema_params, params, 1 - decay)
+    return decay
 
 
 class _Window:
@@ -117,17 +134,19 @@ class _Window:
 
 
 class _FiniteWatch:
-    """Remembers the first step whose diffusion or penalty term was non-finite, on the device."""
+    """Remembers the first step whose diffusion term, penalty term or gradient norm was
+    non-finite, on the device (the gradient norm is the one clipping computed anyway)."""
 
-    TERMS = {1: "diffusion", 2: "penalty"}
+    TERMS = {1: "diffusion", 2: "penalty", 3: "gradient"}
 
     def __init__(self, device: torch.device):
         self.step = torch.full((), -1, dtype=torch.long, device=device)
         self.term = torch.zeros((), dtype=torch.long, device=device)
 
-    def update(self, parts: LossParts, step: int) -> None:
+    def update(self, parts: LossParts, grad_norm: Tensor, step: int) -> None:
         term = torch.where(parts.diffusion.isfinite(), 0, 1)
         term = torch.where((term == 0) & ~parts.penalty_weighted.isfinite(), 2, term)
+        term = torch.where((term == 0) & ~grad_norm.isfinite(), 3, term)
         first = (self.step < 0) & (term > 0)
         self.step = torch.where(first, step, self.step)
         self.term = torch.where(first, term, self.term)
@@ -154,7 +173,8 @@ def train(
     init_weights: bytes | None = None,
 ) -> TrainResult:
     """Train `spec` on `data`; `resume` continues a checkpoint exactly, `init_weights` fine-tunes
-    from another run's weights and EMA (fresh optimizer, step 0)."""
+    from another run's checkpoint (its EMA and EMA warm-up position; fresh optimizer, step 0).
+    The api checks beforehand that the checkpoint's model matches (checkpoint.check_compatible)."""
     if resume is not None and init_weights is not None:
         raise ValueError("pass either resume or init_weights, not both")
     device = resolve_device(device)
@@ -162,6 +182,9 @@ def train(
 
     # 1. Data, network, EMA copy, optimizer, generators.
     images = to_tensor(data.images, device)  # (N, C, H, W) in [-1, 1]
+    held_out = None
+    if cfg.val_every:
+        images, held_out = validation.split(images, spec.model.timesteps)
     n_images, channels, image_size = images.shape[0], images.shape[1], images.shape[2]
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left untouched
         torch.manual_seed(cfg.seed)
@@ -171,7 +194,7 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, fused=device.type == "cuda")
     gen = torch.Generator(device).manual_seed(cfg.seed)
     host_gen = torch.Generator().manual_seed(cfg.seed + HOST_SEED_OFFSET)
-    step = 0
+    step = ema_step = 0
 
     # 2. Resume everything, or start from another run's weights.
     if resume is not None:
@@ -186,11 +209,13 @@ def train(
             gen.set_state(state.rng["device"])
         else:  # another device type cannot take this state: reproducible, but not the same stream
             gen.manual_seed(cfg.seed + state.step)
-        step = state.step
+        step, ema_step = state.step, state.ema_step
     elif init_weights is not None:
         state = checkpoint.from_bytes(init_weights)
-        checkpoint.load_weights(net, state.model, "init_weights model weights")
+        start = state.ema if spec.init_from_weights == "ema" else state.model
+        checkpoint.load_weights(net, start, f"init_weights {spec.init_from_weights} weights")
         checkpoint.load_weights(ema, state.ema, "init_weights EMA weights")
+        ema_step = state.ema_step
 
     def snapshot() -> bytes:
         return checkpoint.to_bytes(
@@ -204,14 +229,16 @@ def train(
                 optimizer=checkpoint.optimizer_tensors(optimizer),
                 rng={"device": gen.get_state(), "host": host_gen.get_state()},
                 rng_device=device.type,
+                ema_step=ema_step,
             )
         )
 
     schedule = make_schedule(spec.model, device)
     objective = Objective(spec, schedule, _penalty(spec))
-    denoise = denoiser(net, uses_bf16(spec, device))
+    call_net = autocast_call(net, uses_bf16(spec, device))
     window, watch = _Window(device), _FiniteWatch(device)
     metrics: dict[str, float] = {}
+    val_loss: Tensor | None = None  # the latest held-out loss, read (host sync) on log steps
 
     # 3. The loop: no host sync except on log and checkpoint steps.
     while step < cfg.steps:
@@ -219,22 +246,31 @@ def train(
         x0 = images[idx]  # (B, C, H, W)
         t = torch.randint(schedule.timesteps, (cfg.batch_size,), generator=gen, device=device)  # (B,)
         noise = torch.randn(x0.shape, generator=gen, device=device)  # (B, C, H, W)
-        parts = objective(denoise, x0, t, noise, step=step, generator=host_gen)
+        parts = objective(call_net, x0, t, noise, step=step, generator=host_gen)
 
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)  # () on the device
         optimizer.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - ema_decay(step, cfg.ema_decay))
-        watch.update(parts, step)
+        decay = update_ema(ema_params, params, ema_step, cfg.ema_decay)
+        watch.update(parts, grad_norm, step)
         window.add(parts)
         step += 1
+        ema_step += 1
+        if held_out is not None and step % cfg.val_every == 0:
+            val_loss = validation.loss(call_net, objective, held_out, cfg.batch_size)
 
         last = step == cfg.steps
         if step % cfg.log_every == 0 or last:
             watch.check()
-            metrics = {**window.read(), "lambda": objective.lambda_at(step - 1), "lr": cfg.lr}
+            metrics = {
+                **window.read(),
+                "lambda": objective.lambda_at(step - 1),
+                "lr": cfg.lr,
+                "ema_horizon": 1 / (1 - decay),  # steps the EMA averages over now
+            }
+            if val_loss is not None:  # the latest, in every log: the run's metrics are the last log
+                metrics["val_loss"] = val_loss.item()
             hooks.on_log(step, metrics)
             if hooks.should_stop():
                 return TrainResult(step, stopped=True, state=snapshot(), metrics=metrics)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from models import datasets
+from models import checkpoint, datasets
 from models.spec import RunSpec
 from service.errors import Problem, invalid_fields
 from store import datasets as stored_datasets
@@ -36,11 +36,14 @@ def check_spec(session: Session, settings: Settings, tenant: str, spec: RunSpec)
     if size is not None and size > settings.max_image_size:
         errors.append({"field": "dataset", "message": f"images of {size}x{size}; at most"
                        f" {settings.max_image_size} pixels per side on this server (REGDIFF_MAX_IMAGE_SIZE)"})
-    if spec.init_from is not None and runs.get_checkpoint(session=session, tenant=tenant,
-                                                          checkpoint_id=spec.init_from) is None:
+    source = (runs.get_checkpoint(session=session, tenant=tenant, checkpoint_id=spec.init_from)
+              if spec.init_from is not None else None)
+    if spec.init_from is not None and source is None:
         # Another tenant's checkpoint is "no checkpoint", exactly like a missing one.
         errors.append({"field": "init_from", "message": f"no checkpoint {spec.init_from!r}; list a run's"
                        " checkpoints at /v1/runs/{id}/checkpoints"})
+    elif source and (mismatch := checkpoint.model_mismatch(checkpoint.read_metadata(source.data), spec)):
+        errors.append({"field": mismatch.field, "message": str(mismatch)})
     if errors:
         raise invalid_fields(errors)
 

@@ -7,9 +7,10 @@ import logging
 
 import numpy as np
 
+from models.devices import resolve_device
 from models.images import grid_png
 from models.samplers import sample_from_state
-from models.trainer import resolve_device
+from models.spec import GuidanceSpec
 from store import leases
 from store import samples as stored
 from store.db import session_scope
@@ -48,8 +49,10 @@ def _sample(sample_id: str) -> None:
         if ckpt is None:
             raise LookupError("the run has no checkpoint to sample from yet")
         state = ckpt.data
+    guidance = GuidanceSpec.model_validate(params["guidance"]) if params.get("guidance") else None
     images = sample_from_state(state, n=params["n"], sampler=params["sampler"], steps=params["steps"],
-                               eta=params["eta"], seed=params["seed"], device=resolve_device(settings.device))
+                               eta=params["eta"], seed=params["seed"], device=resolve_device(settings.device),
+                               guidance=guidance)
     _finish(sample_id, status="succeeded", images_npz=npz_bytes(images), grid_png=grid_png(images),
             checkpoint_id=ckpt.id)
 

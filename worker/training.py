@@ -15,7 +15,8 @@ import numpy as np
 from models.images import grid_png
 from models.samplers import sample_from_state
 from models.spec import RunSpec
-from models.trainer import NonFiniteLoss, TrainHooks, resolve_device, train
+from models.devices import resolve_device
+from models.trainer import NonFiniteLoss, TrainHooks, train
 from store import leases, quotas, runs
 from store import samples as stored_samples
 from store.db import session_scope

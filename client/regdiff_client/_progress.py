@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from .types import Run
 
-SHOWN_METRICS = ("loss", "diffusion_loss", "penalty_weighted")
+SHOWN_METRICS = ("loss", "diffusion_loss", "penalty_weighted", "val_loss")
 
 
 class RunProgress:

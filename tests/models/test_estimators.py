@@ -63,7 +63,7 @@ def test_truncation_gradient_equals_one_step_from_the_detached_state():
     truncated = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
     with torch.no_grad():
-        x0_0, eps_0 = parameterization.split("epsilon", net(x_t, t), x_t, *SCHEDULE.coeffs(t))
+        x0_0, eps_0 = parameterization.to_x0_eps("epsilon", net(x_t, t), x_t, *SCHEDULE.coeffs(t))
         t_1 = estimators.ddim_timesteps(t, 2)[1]
         a, s = SCHEDULE.coeffs(t_1)
         x_1 = a * x0_0 + s * eps_0

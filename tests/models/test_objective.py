@@ -6,7 +6,7 @@ from models.objective import Objective
 from models.regularizers import TotalVariation
 from models.schedule import make_schedule
 from models.spec import RunSpec
-from models.trainer import denoiser
+from models.trainer import autocast_call
 
 TV = TotalVariation(TotalVariation.Params())
 
@@ -28,7 +28,7 @@ def batch(t):
 
 
 def test_t_max_masks_the_penalty_exactly():
-    obj, net = make(reg_schedule={"t_min": 0, "t_max": 200}), denoiser(unet(), bf16=False)
+    obj, net = make(reg_schedule={"t_min": 0, "t_max": 200}), autocast_call(unet(), bf16=False)
     x0, t, noise = batch([0, 199, 200, 999])
     x_t = obj.schedule.add_noise(x0, t, noise)
     output = net(x_t, t)
@@ -47,7 +47,7 @@ def test_outside_the_mask_the_gradient_is_the_vanilla_one():
     for lam in (1.0, 0.0):
         net = unet()
         make(**{"lambda": lam})(
-            denoiser(net, False), x0, t, noise, step=0, generator=torch.Generator()
+            autocast_call(net, False), x0, t, noise, step=0, generator=torch.Generator()
         ).total.backward()
         grads.append([p.grad for p in net.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
@@ -89,13 +89,13 @@ def test_lambda_zero_never_computes_the_penalty():
 
     obj = make(counting_tv, **{"lambda": 0.0})
     x0, t, noise = batch([0, 10])
-    parts = obj(denoiser(unet(), False), x0, t, noise, step=0, generator=torch.Generator())
+    parts = obj(autocast_call(unet(), False), x0, t, noise, step=0, generator=torch.Generator())
     assert calls == []
     assert torch.equal(parts.total, parts.diffusion) and parts.penalty_weighted == 0
 
 
 def test_parts_combine_per_sample():
-    obj, net = make(**{"lambda": 3.0}, reg_schedule={"weighting": "alpha_bar"}), denoiser(unet(), False)
+    obj, net = make(**{"lambda": 3.0}, reg_schedule={"weighting": "alpha_bar"}), autocast_call(unet(), False)
     x0, t, noise = batch([5, 50, 150, 600])
     parts = obj(net, x0, t, noise, step=0, generator=torch.Generator())
     x_t = obj.schedule.add_noise(x0, t, noise)
@@ -113,7 +113,7 @@ def test_min_snr_weights_the_diffusion_loss():
         make(model={"prediction": "sample", "min_snr_gamma": 5.0}),
         make(model={"prediction": "sample"}),
     )
-    net = denoiser(unet(), False)
+    net = autocast_call(unet(), False)
     x0, t, noise = batch([0, 300])
     x_t = obj.schedule.add_noise(x0, t, noise)
     output = net(x_t, t)
@@ -128,7 +128,7 @@ def test_eps_near_t_max_stays_finite(weighting):
     obj = make(model={"schedule": "squaredcos_cap_v2"}, reg_schedule={"t_max": 1000, "weighting": weighting})
     net = unet()
     x0, t, noise = batch([999, 998, 990])
-    parts = obj(denoiser(net, False), x0, t, noise, step=0, generator=torch.Generator())
+    parts = obj(autocast_call(net, False), x0, t, noise, step=0, generator=torch.Generator())
     parts.total.backward()
     assert torch.isfinite(parts.total) and parts.penalty_weighted > 0
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
@@ -136,7 +136,7 @@ def test_eps_near_t_max_stays_finite(weighting):
 
 def test_ddim_runs_the_network_on_masked_samples_only():
     obj = make(estimator={"kind": "ddim", "steps": 3, "grad_steps": 2}, reg_schedule={"t_max": 100})
-    net = denoiser(unet(), False)
+    net = autocast_call(unet(), False)
     sizes = []
 
     def recording(x, t):

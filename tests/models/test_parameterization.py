@@ -25,7 +25,7 @@ def batch():
 def test_true_target_recovers_x0_and_eps(batch, prediction):
     x0, eps, x_t, a, s = batch
     output = p.target(prediction, x0, eps, a, s)
-    x0_hat, eps_hat = p.split(prediction, output, x_t, a, s)
+    x0_hat, eps_hat = p.to_x0_eps(prediction, output, x_t, a, s)
     # eps at t near T divides by a ~ 5e-5, so errors scale up to 1/a times float64 precision
     torch.testing.assert_close(x0_hat, x0, rtol=0, atol=1e-9)
     torch.testing.assert_close(eps_hat, eps, rtol=0, atol=1e-9)

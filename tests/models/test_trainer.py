@@ -5,12 +5,13 @@ import pytest
 import safetensors.torch
 import torch
 
-from models import checkpoint
+from models import checkpoint, regularizers, validation
 from models.datasets import ImageSet, load_builtin, to_tensor
+from models.devices import resolve_device
 from models.regularizers import TotalVariation
 from models.samplers import sample_from_state
-from models.spec import RunSpec
-from models.trainer import NonFiniteLoss, TrainHooks, resolve_device, train
+from models.spec import FieldError, RunSpec
+from models.trainer import NonFiniteLoss, TrainHooks, train, update_ema
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,13 +58,16 @@ def test_checkpoint_is_plain_safetensors_that_explains_itself(digits):
 
 
 def test_fixed_seeds_give_bit_identical_runs(digits):
-    spec = tiny(
-        estimator={"kind": "ddim", "steps": 3, "grad_steps": 2, "random_cut": True},
-        reg_schedule={"t_max": 1000},
-    )
-    first, second = train(spec, digits, device="cpu"), train(spec, digits, device="cpu")
+    def spec(seed):
+        return tiny(
+            estimator={"kind": "ddim", "steps": 3, "grad_steps": 2, "random_cut": True},
+            reg_schedule={"t_max": 1000},
+            train={"seed": seed},
+        )
+
+    first, second = train(spec(0), digits, device="cpu"), train(spec(0), digits, device="cpu")
     assert same_state(first.state, second.state)
-    assert not same_state(first.state, train(tiny(train={"seed": 1}), digits, device="cpu").state)
+    assert not same_state(first.state, train(spec(1), digits, device="cpu").state)
 
 
 def test_resume_continues_exactly(digits):
@@ -85,7 +89,7 @@ def test_resume_refuses_another_model(digits):
 def test_init_weights_fine_tunes_from_another_run(digits):
     base = checkpoint.from_bytes(train(tiny(), digits, device="cpu").state)
     tuned = train(
-        tiny(steps=1, train={"lr": 1e-8, "seed": 5}),
+        tiny(steps=1, train={"lr": 1e-8, "seed": 5}, init_from_weights="raw"),
         digits,
         device="cpu",
         init_weights=checkpoint.to_bytes(base),
@@ -94,6 +98,108 @@ def test_init_weights_fine_tunes_from_another_run(digits):
     assert state.step == 1 and all(v == 1 for k, v in state.optimizer.items() if k.endswith(".step"))
     for key, weight in base.model.items():
         torch.testing.assert_close(state.model[key], weight, atol=1e-6, rtol=0)
+
+
+def test_init_weights_keeps_the_ema_and_starts_from_it(digits):
+    """The source EMA is the EMA's starting point and its warm-up continues (ema_step travels
+    in the checkpoint); the trained weights start from that EMA, not the raw weights."""
+    base = checkpoint.from_bytes(train(tiny(steps=6), digits, device="cpu").state)
+    assert base.ema_step == 6
+    tuned = checkpoint.from_bytes(
+        train(tiny(steps=1, train={"lr": 1e-8, "seed": 5}), digits, device="cpu", init_weights=checkpoint.to_bytes(base)).state
+    )
+    assert tuned.ema_step == 7
+    decay = 6 / 7  # documented warm-up 1 - 1 / (1 + k) at k = 6, below ema_decay 0.999
+    for key in base.ema:
+        torch.testing.assert_close(tuned.model[key], base.ema[key], atol=1e-6, rtol=0)
+        expected = decay * base.ema[key] + (1 - decay) * tuned.model[key]
+        torch.testing.assert_close(tuned.ema[key], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_check_compatible_names_every_differing_model_field(digits):
+    metadata = checkpoint.read_metadata(train(tiny(steps=1), digits, device="cpu").state)
+    checkpoint.check_compatible(metadata, tiny(**{"lambda": 0.5}))  # same model: fine
+    other = tiny(model={"prediction": "v_prediction", "timesteps": 500, "preset": "unet-s"}, dataset="mnist-5k")
+    with pytest.raises(FieldError) as info:
+        checkpoint.check_compatible(metadata, other)
+    assert info.value.field == "init_from"
+    message = str(info.value)
+    assert "prediction (checkpoint epsilon, spec v_prediction)" in message
+    assert "timesteps (checkpoint 1000, spec 500)" in message
+    assert "preset (checkpoint unet-xs, spec unet-s)" in message and "image size (checkpoint 8, spec 32)" in message
+    assert "schedule" not in message and "channels" not in message
+
+
+def test_ema_moves_toward_the_weights_at_the_documented_rate(digits):
+    """decay(k) = min(ema_decay, 1 - 1/(1 + k)) for update k (0-based): the first update copies
+    the weights, then ema_{k+1} = decay(k) ema_k + (1 - decay(k)) weights_{k+1}."""
+    saved = {}
+    train(
+        tiny(steps=3, checkpoint_every=1, train={"ema_decay": 0.6, "lr": 1e-2}),
+        digits,
+        device="cpu",
+        hooks=TrainHooks(on_checkpoint=lambda step, state: saved.__setitem__(step, checkpoint.from_bytes(state))),
+    )
+    for key in saved[1].ema:
+        torch.testing.assert_close(saved[1].ema[key], saved[1].model[key], atol=0, rtol=0)
+    for k, decay in ((1, 0.5), (2, 0.6)):  # 1 - 1/2; 1 - 1/3 capped at ema_decay 0.6
+        ema, weights, moved = saved[k].ema, saved[k + 1].model, saved[k + 1].ema
+        assert not all(torch.equal(moved[key], weights[key]) for key in moved)
+        for key in moved:
+            torch.testing.assert_close(moved[key], decay * ema[key] + (1 - decay) * weights[key], atol=1e-6, rtol=1e-5)
+
+
+def test_ema_decay_values_give_different_weights_over_a_default_length_run():
+    """2,000 updates of a random walk through the trainer's update: the old warm-up
+    (1 + k) / (10 + k) gave identical weights for every ema_decay in [0.9956, 1)."""
+    g = torch.Generator().manual_seed(0)
+    walk = torch.randn(2000, 16, generator=g).cumsum(0)  # (steps, params)
+    final = {}
+    for target in (0.99, 0.999, 0.9995):
+        weights, ema = walk[0].clone(), walk[0].clone()
+        for k in range(2000):
+            weights.copy_(walk[k])
+            update_ema([ema], [weights], k, target)
+        final[target] = ema
+    assert (final[0.99] - final[0.999]).abs().max() > 1e-2
+    assert (final[0.999] - final[0.9995]).abs().max() > 1e-2
+
+
+class NanGradient(regularizers.Regularizer):
+    """Finite value (sqrt(0) = 0), NaN gradient (inf * 0): a finite loss with a broken gradient."""
+
+    name = "nan_gradient"
+
+    def __call__(self, x):
+        return torch.sqrt(x * 0).flatten(1).mean(1)
+
+
+def test_nan_gradient_with_a_finite_loss_fails_naming_the_step(digits, monkeypatch):
+    monkeypatch.setitem(regularizers.REGISTRY, NanGradient.name, NanGradient)
+    spec = tiny(regularizer="nan_gradient", reg_schedule={"t_max": 1000})
+    with pytest.raises(NonFiniteLoss, match="non-finite gradient at step 0") as info:
+        train(spec, digits, device="cpu")
+    assert info.value.term == "gradient"
+
+
+def test_val_loss_is_deterministic_on_a_fixed_held_out_split(digits):
+    images = to_tensor(digits.images)
+    train_part, held_out = validation.split(images, 1000)
+    assert held_out.x0.shape[0] == 89 and train_part.shape[0] == 1797 - 89
+    _, again = validation.split(images, 1000)
+    assert torch.equal(held_out.x0, again.x0) and torch.equal(held_out.noise, again.noise)
+    assert held_out.t.min() < 20 and held_out.t.max() > 980  # spread over the whole range
+
+    def logged(seed):
+        logs = {}
+        spec = tiny(steps=4, train={"val_every": 2, "seed": seed})
+        train(spec, digits, device="cpu", hooks=TrainHooks(on_log=logs.__setitem__))
+        return logs
+
+    first, second, other_seed = logged(0), logged(0), logged(1)
+    assert [first[step]["val_loss"] for step in (2, 4)] == [second[step]["val_loss"] for step in (2, 4)]
+    assert all(np.isfinite(first[step]["val_loss"]) for step in (2, 4))
+    assert first[4]["val_loss"] != other_seed[4]["val_loss"]  # same data, other weights
 
 
 def test_init_weights_with_other_shapes_is_a_clear_error(digits):
@@ -128,7 +234,9 @@ def test_logs_and_cooperative_stop(digits):
         "penalty_weighted",
         "lambda",
         "lr",
+        "ema_horizon",
     }
+    assert result.metrics["ema_horizon"] == pytest.approx(4)  # update k=3: decay 3/4
     assert all(np.isfinite(v) for v in result.metrics.values())
     assert checkpoint.from_bytes(result.state).step == 4
 

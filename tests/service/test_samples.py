@@ -62,6 +62,21 @@ def test_sample_request_limits(client, finished_run):
     assert bad.status_code == 422 and "ddim" in bad.json()["detail"]
     missing = client.post(f"/v1/runs/{finished_run['id']}/samples", json={"checkpoint": "ckpt_nope"})
     assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "checkpoint"
+    for guidance, field in (({"regularizer": "tv", "scale": -1}, "guidance.scale"),
+                            ({"regularizer": "blur", "scale": 1}, "guidance.regularizer.0.name")):
+        bad = client.post(f"/v1/runs/{finished_run['id']}/samples", json={"guidance": guidance})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == field, bad.text
+
+
+def test_guidance_reaches_the_sampler(client, finished_run):
+    """Scale 0 reproduces the unguided images; a TV guidance changes them (the measurement of its
+    effect lives in tests/models/test_samplers.py)."""
+    params = {"n": 3, "sampler": "ddim", "steps": 5, "seed": 3}
+    plain, zero, guided = (_sample(client, finished_run["id"], **params, **extra) for extra in (
+        {}, {"guidance": {"regularizer": "tv", "scale": 0}}, {"guidance": {"regularizer": "tv", "scale": 5}}))
+    assert plain["status"] == zero["status"] == guided["status"] == "succeeded", guided
+    np.testing.assert_array_equal(_array(client, plain["id"]), _array(client, zero["id"]))
+    assert not np.array_equal(_array(client, plain["id"]), _array(client, guided["id"]))
 
 
 def test_export_loads_in_diffusers_and_samples(client, finished_run, tmp_path):
@@ -83,3 +98,6 @@ def test_fine_tune_from_another_runs_checkpoint(client, finished_run):
     assert wait_for(client, tuned.json()["id"])["status"] == "succeeded"
     missing = client.post("/v1/runs", json={**TINY_RUN, "init_from": "ckpt_nope"})
     assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "init_from"
+    other_model = client.post("/v1/runs", json={**TINY_RUN, "init_from": ckpt, "model": {"prediction": "sample"}})
+    assert other_model.status_code == 422 and other_model.json()["errors"][0]["field"] == "init_from"
+    assert "prediction (checkpoint" in other_model.json()["errors"][0]["message"]
