@@ -126,3 +126,14 @@ def test_best_setting() -> None:
     assert verdict.best_setting(points, max_fcd_increase=80)["best"] == "λ=3"
     none = verdict.best_setting(points[:1])
     assert none["best"] is None and none["statement"].startswith("No setting helped")
+
+
+def test_pareto_figure_renders() -> None:
+    from api.reports import pareto_png
+
+    rng = np.random.default_rng(7)
+    base = [evaluation(rng, mean=1.0, fcd=100)]
+    points = [{"label": f"λ={m}", "comparison": verdict.compare([evaluation(rng, mean=m, fcd=200 - 100 * m)], base)}
+              for m in (0.9, 0.8)]
+    png = pareto_png("tv on digits", points, verdict.best_setting(points), real_penalty=0.48)
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
