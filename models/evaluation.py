@@ -90,7 +90,7 @@ def _seeded(seed: int, device: torch.device):
 
 def recipe_key(*, steps: int, batch_size: int, lr: float, seed: int) -> str:
     """Everything besides the data that changes the trained classifier, for its cache key."""
-    return f"{ARCH}:steps{steps}:batch{batch_size}:lr{lr:g}:seed{seed}"
+    return f"{ARCH}:s{steps}:b{batch_size}:lr{lr:g}:seed{seed}"  # short: the cache key column holds 128
 
 
 def train_classifier(
