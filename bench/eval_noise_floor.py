@@ -7,6 +7,7 @@ images drawn with replacement vs the real set (what evaluate() reports), and, wh
 holds 2N images, two disjoint real halves of N (the classic estimate). The anchor is the run's
 FCD at the largest N, measured in the same process; ratios are floor / run FCD at the same N,
 mean +- sd over the rounds. The default N is the smallest N whose floor is under 10% of it.
+`--steps 0` skips the run (floor only: minutes less on a busy CPU).
 
     python bench/eval_noise_floor.py --dataset digits --steps 800 --ns 64,256,500,1000,2000
 """
@@ -49,30 +50,31 @@ def main() -> None:
     model = evaluation.load_classifier(evaluation.train_classifier(data, device="cpu"), "cpu")
     spec = RunSpec.model_validate({"dataset": args.dataset, "lambda": 0.0, "model": {"preset": args.preset},
                                    "train": {"steps": args.steps, "batch_size": args.batch_size, "seed": 0}})
-    state = train(spec, data, device="cpu").state
+    state = train(spec, data, device="cpu").state if args.steps else None
     t1 = time.monotonic()
-    samples = sample_from_state(state, n=max(ns), sampler="ddim", steps=50, seed=0, device="cpu")
+    samples = sample_from_state(state, n=max(ns), sampler="ddim", steps=50, seed=0, device="cpu") if state else None
     t2 = time.monotonic()
     print(f"{args.dataset}, {args.preset}, {args.steps} steps x {args.batch_size}: classifier + training {t1 - t0:.0f} s,"
           f" {max(ns)} DDIM-50 samples {t2 - t1:.0f} s ({(t2 - t1) / max(ns) * 1000:.0f} ms/sample)")
     feats = lambda x: evaluation.batched(model.features, to_tensor(x)).double().numpy()  # noqa: E731
     real = feats(evaluation.real_subset(data))
-    fake = feats(samples)
+    fake = feats(samples) if samples is not None else None
     rng = np.random.default_rng(0)
     print("| N | run FCD (mean +- sd) | floor, bootstrap | floor, disjoint halves | bootstrap floor / run FCD |")
     print("|---|---|---|---|---|")
     for n in ns:
         run, boot, halves = [], [], []
         for r in range(args.rounds):
-            pick = rng.permutation(len(fake))[:n] if n * args.rounds > len(fake) else np.arange(r * n, (r + 1) * n)
-            run.append(evaluation.frechet_distance(fake[pick], real))
+            pick = rng.permutation(max(ns))[:n] if n * args.rounds > max(ns) else np.arange(r * n, (r + 1) * n)
+            if fake is not None:
+                run.append(evaluation.frechet_distance(fake[pick], real))
             boot.append(evaluation.frechet_distance(real[rng.integers(0, len(real), n)], real))
             if 2 * n <= len(real):
                 order = rng.permutation(len(real))
                 halves.append(evaluation.frechet_distance(real[order[:n]], real[order[n:2 * n]]))
-        ratio = np.array(boot) / np.array(run)
+        ratio = np.array(boot) / np.array(run) if run else np.array([np.nan])
         half = f"{np.mean(halves):.3g} +- {np.std(halves):.2g}" if halves else "n/a (set < 2N)"
-        print(f"| {n} | {np.mean(run):.4g} +- {np.std(run):.2g} | {np.mean(boot):.3g} +- {np.std(boot):.2g} | {half}"
+        print(f"| {n} | {np.mean(run) if run else float('nan'):.4g} +- {np.std(run) if run else float('nan'):.2g} | {np.mean(boot):.3g} +- {np.std(boot):.2g} | {half}"
               f" | {ratio.mean():.1%} +- {ratio.std():.1%} |")
 
 
