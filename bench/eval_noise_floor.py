@@ -48,9 +48,9 @@ def main() -> None:
                         allow_download=settings.allow_download)
     t0 = time.monotonic()
     model = evaluation.load_classifier(evaluation.train_classifier(data, device="cpu"), "cpu")
-    spec = RunSpec.model_validate({"dataset": args.dataset, "lambda": 0.0, "model": {"preset": args.preset},
-                                   "train": {"steps": args.steps, "batch_size": args.batch_size, "seed": 0}})
-    state = train(spec, data, device="cpu").state if args.steps else None
+    spec = {"dataset": args.dataset, "lambda": 0.0, "model": {"preset": args.preset},
+            "train": {"steps": args.steps, "batch_size": args.batch_size, "seed": 0}}
+    state = train(RunSpec.model_validate(spec), data, device="cpu").state if args.steps else None
     t1 = time.monotonic()
     samples = sample_from_state(state, n=max(ns), sampler="ddim", steps=50, seed=0, device="cpu") if state else None
     t2 = time.monotonic()
