@@ -63,13 +63,19 @@ def to_bytes(state: TrainState) -> bytes:
     return save(tensors, metadata=metadata)
 
 
-def read_metadata(data: bytes) -> dict[str, str]:
-    """The metadata alone, from the safetensors header (8-byte length + JSON): no tensor is read."""
+def header_metadata(data: bytes) -> dict[str, str]:
+    """Any safetensors file's metadata, from its header (8-byte length + JSON): no tensor is read."""
     if len(data) < 8:
         raise ValueError("not a safetensors file: shorter than its 8-byte header length")
     (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + length])
-    metadata = header.get("__metadata__") or {}
+    if length > len(data) - 8:
+        raise ValueError(f"not a safetensors file: header length {length} exceeds the {len(data) - 8} bytes after it")
+    return json.loads(data[8 : 8 + length]).get("__metadata__") or {}
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """A regdiff training state's metadata (header_metadata, format checked)."""
+    metadata = header_metadata(data)
     if metadata.get("format") != FORMAT:
         raise ValueError(
             f"not a regdiff training state (format {metadata.get('format')!r}, expected {FORMAT!r})"

@@ -151,3 +151,42 @@ def figure_png(title: str, rows: list[dict[str, Any]], grids: list[bytes | None]
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     return buf.getvalue()
+
+
+def pareto_png(title: str, points: list[dict[str, Any]], best: dict[str, Any], real_penalty: float | None) -> bytes:
+    """The sweep's trade-off: each point's penalty on samples against its FCD, both with their 95%
+    intervals (from models/verdict.compare), the Pareto front joined, the best setting ringed and
+    the penalty on real data as a dashed line. points and best are verdict.best_setting's input and
+    output, so the figure shows exactly what the report names."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 5.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.set_title(title)
+    drawn = [p for p in points if p["comparison"].get("penalty") and p["comparison"].get("fcd")]
+    for p in drawn:
+        pen, fcd = p["comparison"]["penalty"]["run"], p["comparison"]["fcd"]["run"]
+        x, y = pen["value"], fcd["value"]
+        ax.errorbar(x, y, xerr=[[x - pen["ci"][0]], [pen["ci"][1] - x]], yerr=[[y - fcd["ci"][0]], [fcd["ci"][1] - y]],
+                    fmt="o", color="tab:blue", capsize=3)
+        ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if p["label"] == best.get("best"):
+            ax.plot([x], [y], "o", ms=16, mfc="none", color="tab:red", label=f"best: {p['label']}")
+    front = sorted((p["comparison"]["penalty"]["run"]["value"], p["comparison"]["fcd"]["run"]["value"])
+                   for p in drawn if p["label"] in best.get("pareto", []))
+    if front:
+        ax.plot(*zip(*front), "-", color="tab:blue", alpha=0.5, label="Pareto front")
+    if real_penalty is not None:
+        ax.axvline(real_penalty, ls="--", color="grey", label="penalty on real data")
+    if not drawn:
+        ax.text(0.5, 0.5, "no evaluated points yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xlabel("penalty on samples (mean, 95% CI)")
+    ax.set_ylabel("FCD to real data (95% CI; lower: closer)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()

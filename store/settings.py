@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     log_flush_seconds: float = Field(0.5, ge=0, description="at most one metrics write per this interval")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept per run besides the final one")
     max_sample_n: int = Field(256, ge=1)
-    eval_samples: int = Field(64, ge=0, description="samples drawn for the end-of-run evaluation (0: off)")
+    eval_samples: int = Field(
+        1000, ge=0, description="samples drawn for the end-of-run evaluation (0: off); at 1000 the real-vs-real FCD"
+        " (noise floor) is a few percent of a lambda=0 run's FCD on digits (bench/eval_noise_floor.py)")
     eval_classifier_steps: int = Field(
         500, ge=1, description="training steps of the evaluation classifier (trained once per dataset, cached)")
 

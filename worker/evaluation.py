@@ -2,11 +2,14 @@
 real set by the classifier cached for that dataset (models/evaluation.py has the math).
 
 The classifier is trained once per labelled dataset and cached in the database under
-`<dataset>:<content hash>:<arch>:<steps>`, so every worker scores every run on a dataset with the
-same bytes (FCD values are only comparable under one classifier). Besides the evaluator's own
+`<dataset>:<content hash>:<arch>:<steps>:<batch>:<lr>:<seed>` (everything that changes its
+weights), so every worker scores every run on a dataset with the same bytes (FCD values are only
+comparable under one classifier). Besides the evaluator's own
 report (FCD, confidence, every registered regularizer with default params), the run's *own*
 penalty, its weighted regularizer with its params, is measured on the samples and on real
-images: `penalty: {"samples": ..., "real": ...}`, the numbers a sweep report puts side by side.
+images: `penalty: {"samples": ..., "samples_ci": ..., "real": ..., "real_ci": ...}`, the numbers a
+sweep report puts side by side, with its per-sample values in `per_sample.penalty` for
+models/verdict.py.
 """
 
 from __future__ import annotations
@@ -31,17 +34,17 @@ from store.db import session_scope
 from store.settings import get_settings
 
 log = logging.getLogger(__name__)
-_BATCH = 256
 
 
 def dataset_key(name: str, data: ImageSet, steps: int) -> str:
-    """Cache key of a dataset's classifier: its name, a hash of its content, the architecture, the steps."""
+    """Cache key of a dataset's classifier: its name, a hash of its content, and its training recipe."""
     digest = hashlib.sha256()
     digest.update(str(data.images.shape).encode())
     digest.update(np.ascontiguousarray(data.images).tobytes())
     if data.labels is not None:
         digest.update(np.ascontiguousarray(data.labels, dtype=np.int64).tobytes())
-    return f"{name}:{digest.hexdigest()[:24]}:{evaluation.ARCH}:{steps}"
+    recipe = evaluation.recipe_key(**(evaluation.RECIPE | {"steps": steps}))
+    return f"{name}:{digest.hexdigest()[:24]}:{recipe}"
 
 
 def labelled(data: ImageSet) -> bool:
@@ -79,34 +82,30 @@ def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-@torch.no_grad()
-def _mean(fn: regularizers.WeightedSum, x: torch.Tensor) -> float:
-    values = torch.cat([fn(x[i : i + _BATCH]) for i in range(0, len(x), _BATCH)])  # (N,)
-    return float(f"{float(values.mean()):.4g}")
-
-
-def own_penalty(spec: RunSpec, samples: np.ndarray, data: ImageSet, device: torch.device) -> dict[str, Any] | None:
+def own_penalty(spec: RunSpec, samples: np.ndarray, data: ImageSet, device: torch.device
+                ) -> tuple[dict[str, Any], list[float]] | None:
     """The run's weighted regularizer (its names, weights and params) on samples and on real images.
 
     Measured whatever lambda is, so the lambda = 0 baseline shows where the samples start from.
     The real images are the evaluator's fixed seeded subset, the same for every run on the set.
+    Returns (the summary with its intervals, the per-sample values on samples).
     """
     if not spec.regularizer:
         return None
     penalty = regularizers.build([term.model_dump() for term in spec.regularizer])
-    real = evaluation._real_subset(data, evaluation.REAL_LIMIT)  # the subset evaluate() scores against
-    return {
-        "terms": [term.model_dump(mode="json") for term in spec.regularizer],
-        "samples": _mean(penalty, to_tensor(samples, device)),
-        "real": _mean(penalty, to_tensor(real, device)),
-    }
+    real = evaluation.real_subset(data)  # the subset evaluate() scores against
+    summary, values = evaluation.penalty_summary(penalty, to_tensor(samples, device), to_tensor(real, device))
+    return {"terms": [term.model_dump(mode="json") for term in spec.regularizer], **summary}, evaluation.compact(values)
 
 
 def score(spec: RunSpec, samples: np.ndarray, data: ImageSet, *, classifier_state: bytes | None,
           device: torch.device) -> dict[str, Any]:
     """Samples uint8 (N, H, W, C) -> the evaluation dict (no database; the bench calls it in-process)."""
     result = evaluation.evaluate(samples, data, classifier_state=classifier_state, device=device)
-    result["penalty"] = own_penalty(spec, samples, data, device)
+    own = own_penalty(spec, samples, data, device)
+    result["penalty"] = own and own[0]
+    if own:
+        result["per_sample"]["penalty"] = own[1]
     return result
 
 

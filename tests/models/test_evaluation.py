@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load as load_tensors
+from scipy import linalg, stats
 
 from models import evaluation
 from models.datasets import ImageSet, load_builtin, to_tensor
@@ -55,11 +56,58 @@ def test_frechet_distance_matches_closed_form() -> None:
     assert evaluation.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
 
 
+def test_frechet_distance_matches_scipy_sqrtm_on_non_commuting_covariances() -> None:
+    """Random full covariances do not commute, so tr(sqrt(A) sqrt(B)) is wrong there; scipy's sqrtm
+    of the product is the reference."""
+    rng = np.random.default_rng(3)
+    m_a, m_b = rng.standard_normal((2, 6, 6))
+    cov_a, cov_b = m_a @ m_a.T + 0.1 * np.eye(6), m_b @ m_b.T + 0.1 * np.eye(6)
+    assert not np.allclose(cov_a @ cov_b, cov_b @ cov_a)
+    mu_a, mu_b = rng.standard_normal((2, 6))
+    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b) - 2 * np.trace(linalg.sqrtm(cov_a @ cov_b)).real
+    assert evaluation.frechet_from_moments(mu_a, cov_a, mu_b, cov_b) == pytest.approx(expected, rel=1e-9)
+    wrong = np.trace(cov_a + cov_b) - 2 * np.trace(linalg.sqrtm(cov_a) @ linalg.sqrtm(cov_b)).real
+    assert abs(wrong + ((mu_a - mu_b) ** 2).sum() - expected) > 1e-3 * expected
+    feats_a = rng.multivariate_normal(mu_a, cov_a, 300)
+    feats_b = rng.multivariate_normal(mu_b, cov_b, 200)
+    moments = [f(x) for x in (feats_a, feats_b) for f in (lambda x: x.mean(0), lambda x: np.cov(x, rowvar=False))]
+    assert evaluation.frechet_distance(feats_a, feats_b) == pytest.approx(
+        evaluation.frechet_from_moments(*moments), rel=1e-9)
+
+
 def test_frechet_distance_handles_rank_deficient_features() -> None:
     """ReLU features are often constant (zero covariance); the eigen route never goes complex or NaN."""
     a = np.c_[RNG.standard_normal((500, 3)), np.zeros((500, 5))]
     d = evaluation.frechet_distance(a, a + 1)
     assert d == pytest.approx(8, rel=1e-6)
+
+
+def test_real_features_have_a_full_rank_covariance(digits: ImageSet, state: bytes) -> None:
+    """The Frechet distance needs a full-rank covariance: no dead features on real digits."""
+    model = evaluation.load_classifier(state, "cpu")
+    feats = evaluation.batched(model.features, to_tensor(digits.images)).double().numpy()
+    eig = np.linalg.eigvalsh(np.cov(feats, rowvar=False))
+    assert (eig > 1e-7 * eig.max()).all(), f"{(eig <= 1e-7 * eig.max()).sum()} near-null directions"
+
+
+def test_bootstrap_interval_of_a_mean_matches_the_t_interval() -> None:
+    values = np.random.default_rng(4).normal(3, 2, 400)
+    mean, ci = evaluation.mean_with_ci(values)
+    lo, hi = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    assert mean == pytest.approx(values.mean()) and ci == pytest.approx([lo, hi], abs=0.04)
+
+
+def test_header_reader_checks_the_length(state: bytes) -> None:
+    assert evaluation.classifier_metadata(state)["arch"] == evaluation.ARCH
+    with pytest.raises(ValueError, match="header length"):
+        evaluation.classifier_metadata(state[:40])
+
+
+def test_recipe_key_names_every_hyperparameter() -> None:
+    base = evaluation.RECIPE
+    keys = {evaluation.recipe_key(**(base | {name: value}))
+            for name, value in [("steps", 501), ("batch_size", 32), ("lr", 1e-3), ("seed", 1)]}
+    assert len(keys | {evaluation.recipe_key(**base)}) == 5 and all(evaluation.ARCH in k for k in keys)
 
 
 def test_confidence_and_classifier_score_bounds() -> None:
@@ -120,6 +168,19 @@ def test_evaluate_tells_real_from_noise(digits: ImageSet, state: bytes) -> None:
     for name, values in same["penalties"].items():
         assert isinstance(values["samples"], float) and isinstance(values["real"], float), name
     assert other["penalties"]["tv"]["samples"] > same["penalties"]["tv"]["samples"]
+    # every number has an interval around it, the FCD its noise floor, and per-sample values are kept
+    for report in (same, other):
+        assert report["fcd_ci"][0] <= report["fcd"] <= report["fcd_ci"][1]
+        assert report["confidence_ci"][0] <= report["confidence"] <= report["confidence_ci"][1]
+        assert report["classifier_score_ci"][0] <= report["classifier_score"] <= report["classifier_score_ci"][1]
+        tv = report["penalties"]["tv"]
+        assert tv["samples_ci"][0] <= tv["samples"] <= tv["samples_ci"][1] and tv["real_ci"][0] <= tv["real"]
+        assert len(report["per_sample"]["penalties"]["tv"]) == len(report["per_sample"]["confidence"]) == len(real_b)
+        assert np.mean(report["per_sample"]["penalties"]["tv"]) == pytest.approx(tv["samples"], rel=1e-3)
+        assert len(report["replicates"]["fcd"]) == report["statistics"]["resamples"]
+        assert report["fcd_noise_floor"]["n"] == len(real_b)
+    assert same["fcd_noise_floor"]["value"] < 0.05 * other["fcd"]
+    assert other["fcd_ci"][0] > same["fcd_ci"][1]
 
 
 def test_evaluate_without_classifier_still_measures_penalties(digits: ImageSet) -> None:

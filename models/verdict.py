@@ -1,0 +1,270 @@
+"""Does the extra loss make sense? A run (or a group of seeds) against its lambda = 0 baseline.
+
+Pure functions over stored evaluations (models/evaluation.py's dicts): no sampling, no service.
+For every penalty (the run's own, and every registered one) both sides' means with intervals, the
+relative change with an interval, and the real-data value; both FCDs and the interval of their
+difference; and a verdict (penalty reduced / no_significant_change / increased, quality kept /
+degraded / improved) with one plain sentence.
+
+Why seeds: two lambda = 0 runs that differ only in their training seed differ by about 1.5% in
+TV on samples (digits, unet-xs; field notes), which a bootstrap over samples alone calls
+"significant". So every interval here also carries training-seed variance:
+
+- several seeds per side: a hierarchical bootstrap (resample seeds, then samples within each
+  seed). With k seeds the resampled seed spread is sqrt((k-1)/k) too narrow, so seed deviations
+  are scaled by sqrt(k/(k-1)) (the usual small-sample correction);
+- one seed on a side: a parametric seed term, each replicate of that side multiplied by
+  (1 + rsd * z), z ~ N(0, 1), with the relative standard deviation of the penalty mean and of FCD
+  between seeds given by the caller: measured by calibration runs (method "calibration"), or
+  `DEFAULT_SEED_VARIANCE` (method "default").
+
+Which was used is stated in the result (`seed_variance`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+LEVEL = 0.95
+RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class SeedVariance:
+    """Between-seed relative standard deviation of one run's penalty mean and of its FCD."""
+
+    penalty_rsd: float
+    fcd_rsd: float
+    method: str = "calibration"  # "calibration" (measured for this dataset and preset) or "default"
+    source: str = ""
+
+
+# Two lambda=0 seeds on digits/unet-xs differed by +1.5% [0.3%, 2.8%] and +1.3% [0.05%, 2.6%] in
+# TV (field notes): a difference of two runs has sd sqrt(2) * rsd, so rsd ~ 1.5% / sqrt(2) ~ 1.1%;
+# 1.5% is kept as a margin for the two-pair estimate. FCD between seeds was not measured yet:
+# 5% is a placeholder until calibration runs measure it.
+DEFAULT_SEED_VARIANCE = SeedVariance(
+    penalty_rsd=0.015, fcd_rsd=0.05, method="default",
+    source="field notes: two lambda=0 seeds on digits/unet-xs differ by +1.5% [0.3%, 2.8%] in TV; FCD rsd assumed",
+)
+
+
+def _seed_means(values: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """Within-seed bootstrap of the mean of per-sample values (N,) -> (resamples,)."""
+    return values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)
+
+
+def side_replicates(points: Sequence[float], within: Sequence[np.ndarray], *, rsd: float,
+                    rng: np.random.Generator, resamples: int = RESAMPLES) -> np.ndarray:
+    """Bootstrap replicates (resamples,) of a side's statistic averaged over its seeds.
+
+    points: each seed's point estimate; within: each seed's within-seed replicates (any count),
+    whose deviations from their own mean stand for sampling noise. One seed: the parametric seed
+    term (1 + rsd * z); several: seeds resampled with replacement, deviations scaled by sqrt(k/(k-1)).
+    """
+    k = len(points)
+    mu = np.asarray(points, np.float64)
+    noise = np.stack([w[rng.integers(0, len(w), resamples)] - w.mean() for w in map(np.asarray, within)])  # (k, R)
+    if k == 1:
+        return (mu[0] + noise[0]) * (1 + rsd * rng.standard_normal(resamples))
+    grand = mu.mean()
+    scale = math.sqrt(k / (k - 1))
+    pick = rng.integers(0, k, (resamples, k))  # seeds resampled per replicate
+    per_seed = grand + scale * (mu[pick] - grand) + noise[pick, np.arange(resamples)[:, None]]
+    return per_seed.mean(1)
+
+
+def _interval(replicates: np.ndarray, level: float = LEVEL) -> list[float]:
+    tail = (1 - level) / 2 * 100
+    return [float(v) for v in np.percentile(replicates, [tail, 100 - tail])]
+
+
+def _estimate(value: float, replicates: np.ndarray) -> dict[str, Any]:
+    """{value, ci}: the point estimate and the recentred interval of its replicates."""
+    return {"value": _sig(value), "ci": [_sig(v) for v in _interval(value + replicates - replicates.mean())]}
+
+
+def _sig(v: float) -> float:
+    return float(f"{v:.4g}")
+
+
+def _direction(ci: Sequence[float], below: str, within: str, above: str) -> str:
+    return below if ci[1] < 0 else above if ci[0] > 0 else within
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One side's per-seed inputs for one metric: point estimates and within-seed replicates."""
+
+    points: list[float]
+    within: list[np.ndarray]
+
+
+def _penalty_side(evaluations: Sequence[Mapping], name: str | None, rng: np.random.Generator) -> _Side | None:
+    """The per-sample values of penalty `name` (None: the run's own) in every seed's evaluation."""
+    points, within = [], []
+    for ev in evaluations:
+        per_sample = ev.get("per_sample") or {}
+        values = per_sample.get("penalty") if name is None else (per_sample.get("penalties") or {}).get(name)
+        if not values:
+            return None
+        values = np.asarray(values, np.float64)
+        points.append(float(values.mean()))
+        within.append(_seed_means(values, rng, 200))
+    return _Side(points, within)
+
+
+def _fcd_side(evaluations: Sequence[Mapping]) -> _Side | None:
+    if any(ev.get("fcd") is None or not (ev.get("replicates") or {}).get("fcd") for ev in evaluations):
+        return None
+    return _Side([float(ev["fcd"]) for ev in evaluations],
+                 [np.asarray(ev["replicates"]["fcd"], np.float64) for ev in evaluations])
+
+
+def _real_value(evaluations: Sequence[Mapping], name: str | None) -> float | None:
+    entry = evaluations[0].get("penalty") if name is None else (evaluations[0].get("penalties") or {}).get(name)
+    return (entry or {}).get("real")
+
+
+def compare_penalty(run: _Side, base: _Side, *, rsd: float, rng: np.random.Generator,
+                    resamples: int = RESAMPLES) -> dict[str, Any]:
+    """Both sides' means with intervals and the relative change run/baseline - 1 with its interval."""
+    r = side_replicates(run.points, run.within, rsd=rsd, rng=rng, resamples=resamples)
+    b = side_replicates(base.points, base.within, rsd=rsd, rng=rng, resamples=resamples)
+    r_value, b_value = float(np.mean(run.points)), float(np.mean(base.points))
+    change = _estimate(r_value / b_value - 1, r / b - 1) if b_value else {"value": None, "ci": None}
+    return {"run": _estimate(r_value, r), "baseline": _estimate(b_value, b), "relative_change": change,
+            "change": "no_significant_change" if change["ci"] is None
+            else _direction(change["ci"], "reduced", "no_significant_change", "increased")}
+
+
+def compare_fcd(run: _Side, base: _Side, *, rsd: float, rng: np.random.Generator,
+                resamples: int = RESAMPLES) -> dict[str, Any]:
+    """Both FCDs with intervals and the difference run - baseline with its interval."""
+    r = side_replicates(run.points, run.within, rsd=rsd, rng=rng, resamples=resamples)
+    b = side_replicates(base.points, base.within, rsd=rsd, rng=rng, resamples=resamples)
+    r_value, b_value = float(np.mean(run.points)), float(np.mean(base.points))
+    difference = _estimate(r_value - b_value, r - b)
+    return {"run": _estimate(r_value, r), "baseline": _estimate(b_value, b), "difference": difference,
+            "quality": _direction(difference["ci"], "improved", "kept", "degraded")}
+
+
+def compare(run: Sequence[Mapping], baseline: Sequence[Mapping], *, penalty_name: str | None = None,
+            seed_variance: SeedVariance = DEFAULT_SEED_VARIANCE, baseline_label: str = "the lambda=0 baseline",
+            seed: int = 0, resamples: int = RESAMPLES) -> dict[str, Any]:
+    """A run against its baseline, each given as the stored evaluations of its seeds (one or more).
+
+    penalty_name: how the run's own penalty is named in the sentence (e.g. "TV"; default
+    "the penalty"). Returns {n_samples, seeds, seed_variance, penalty (the run's own, or None when
+    the evaluations lack it), penalties {name: ...}, fcd (or None), verdict {penalty, quality,
+    sentence}}. Raises ValueError when a side is empty.
+    """
+    if not run or not baseline:
+        raise ValueError("compare needs at least one evaluation on each side (run and baseline)")
+    rng = np.random.default_rng(seed)
+    several = len(run) > 1 and len(baseline) > 1
+    used = ({"method": "hierarchical_bootstrap"} if several
+            else {**asdict(seed_variance), "applied_to": [side for side, evs in (("run", run), ("baseline", baseline))
+                                                          if len(evs) == 1]})
+
+    def penalty(name: str | None) -> dict[str, Any] | None:
+        sides = _penalty_side(run, name, rng), _penalty_side(baseline, name, rng)
+        if None in sides:
+            return None
+        out = compare_penalty(*sides, rsd=seed_variance.penalty_rsd, rng=rng, resamples=resamples)
+        return out | {"real": _real_value(baseline, name)}
+
+    names = sorted(set.intersection(*(set((ev.get("per_sample") or {}).get("penalties") or {}) for ev in (*run, *baseline))))
+    own = penalty(None)
+    fcd_sides = _fcd_side(run), _fcd_side(baseline)
+    fcd = None if None in fcd_sides else compare_fcd(*fcd_sides, rsd=seed_variance.fcd_rsd, rng=rng,
+                                                     resamples=resamples)
+    if fcd is not None:
+        fcd["noise_floor"] = (baseline[0].get("fcd_noise_floor") or {}).get("value")
+    result = {
+        "n_samples": {"run": [ev.get("n_samples") for ev in run], "baseline": [ev.get("n_samples") for ev in baseline]},
+        "seeds": {"run": len(run), "baseline": len(baseline)},
+        "seed_variance": used,
+        "penalty": own,
+        "penalties": {name: penalty(name) for name in names},
+        "fcd": fcd,
+    }
+    result["verdict"] = verdict(own, fcd, penalty_name=penalty_name or "the penalty", baseline_label=baseline_label)
+    return result
+
+
+def verdict(penalty: Mapping[str, Any] | None, fcd: Mapping[str, Any] | None, *, penalty_name: str,
+            baseline_label: str) -> dict[str, Any]:
+    """{penalty, quality, sentence} from compare_penalty's and compare_fcd's results (either may be None)."""
+    parts = []
+    change = quality = None
+    if penalty is not None and penalty["relative_change"]["value"] is not None:
+        change = penalty["change"]
+        rel = penalty["relative_change"]
+        lo, hi = (100 * v for v in rel["ci"])
+        value = 100 * rel["value"]
+        if change == "reduced":
+            what = f"fell {-value:.3g}% [{-hi:.3g}%, {-lo:.3g}%]"
+        elif change == "increased":
+            what = f"rose {value:.3g}% [{lo:.3g}%, {hi:.3g}%]"
+        else:
+            what = f"did not change significantly ({value:+.3g}% [{lo:+.3g}%, {hi:+.3g}%])"
+        real = "" if penalty.get("real") is None else f" (real data: {penalty['real']:.3g})"
+        parts.append(f"{penalty_name} on samples {what} vs {baseline_label}{real}")
+    if fcd is not None:
+        quality = fcd["quality"]
+        r, b = fcd["run"], fcd["baseline"]
+        moved = "rose" if r["value"] > b["value"] else "fell"
+        parts.append(f"FCD {moved} from {_num(b)} to {_num(r)}: quality {quality}")
+    sentence = "; ".join(parts) or "nothing to compare: the evaluations carry no per-sample values"
+    return {"penalty": change, "quality": quality, "sentence": sentence[0].upper() + sentence[1:] + "."}
+
+
+def _num(estimate: Mapping[str, Any]) -> str:
+    lo, hi = estimate["ci"]
+    return f"{estimate['value']:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (penalty on samples, FCD) that no other point beats on both (lower is better)."""
+    front = []
+    for i, (p, f) in enumerate(points):
+        dominated = any(q <= p and g <= f and (q, g) != (p, f) for q, g in points)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def best_setting(points: Sequence[Mapping[str, Any]], *, max_fcd_increase: float | None = None) -> dict[str, Any]:
+    """The sweep point with the largest significant penalty reduction whose quality holds.
+
+    points: [{"label": str, "comparison": compare(...) of that point vs the baseline}, ...].
+    A point qualifies when its penalty is `reduced` and its quality is `kept` or `improved` or,
+    when max_fcd_increase is given, its FCD rose by at most that much (point estimate). Returns
+    {best: label or None, index, statement, pareto: [labels] on (penalty mean, FCD)}.
+    """
+    def qualifies(c: Mapping[str, Any]) -> bool:
+        if c["verdict"]["penalty"] != "reduced":
+            return False
+        fcd = c.get("fcd")
+        if fcd is None or fcd["quality"] != "degraded":
+            return True
+        return max_fcd_increase is not None and fcd["difference"]["value"] <= max_fcd_increase
+
+    candidates = [i for i, p in enumerate(points) if qualifies(p["comparison"])]
+    plotted = [i for i, p in enumerate(points) if p["comparison"].get("penalty") and p["comparison"].get("fcd")]
+    front = pareto_front([(points[i]["comparison"]["penalty"]["run"]["value"],
+                           points[i]["comparison"]["fcd"]["run"]["value"]) for i in plotted])
+    pareto = [points[plotted[j]]["label"] for j in front]
+    if not candidates:
+        limit = "" if max_fcd_increase is None else f" or an FCD increase within {max_fcd_increase:g}"
+        return {"best": None, "index": None, "pareto": pareto,
+                "statement": f"No setting helped: none reduced the penalty significantly with quality kept{limit}."}
+    i = min(candidates, key=lambda j: points[j]["comparison"]["penalty"]["relative_change"]["value"])
+    return {"best": points[i]["label"], "index": i, "pareto": pareto,
+            "statement": f"Best setting: {points[i]['label']}. {points[i]['comparison']['verdict']['sentence']}"}
