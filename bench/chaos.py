@@ -42,10 +42,10 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 DEPLOY_GRACE = 10.0  # seconds a SIGTERMed worker gets before the SIGKILL (docker stop's default)
 
 
-def spec(i: int) -> dict:
+def spec(i: int, steps: int) -> dict:
     """Tiny runs; every other one checkpoints every 5 steps, so resumes start mid-run."""
     return {"dataset": "digits", "regularizer": "tv", "lambda": 0.1, "model": {"preset": "unet-xs"},
-            "train": {"steps": 40, "batch_size": 8, "log_every": 5}, "preview": {"n": 4, "steps": 5},
+            "train": {"steps": steps, "batch_size": 8, "log_every": 1}, "preview": {"n": 4, "steps": 5},
             "checkpoint_every": 5 if i % 2 == 0 else 1000}
 
 
@@ -228,6 +228,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=180, help="seconds of fault injection")
     parser.add_argument("--runs", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=40, help="training steps of each run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the runs to end after it")
     args = parser.parse_args()
@@ -248,7 +249,7 @@ def main() -> int:
         chaos = Chaos(service, pg, broker, rng)
         with httpx.Client(base_url=service.url, timeout=30) as client:
             keys = [f"chaos-{i}" for i in range(args.runs)]
-            post = [lambda i=i, k=k: client.post("/v1/runs", json=spec(i), headers={"Idempotency-Key": k})
+            post = [lambda i=i, k=k: client.post("/v1/runs", json=spec(i, args.steps), headers={"Idempotency-Key": k})
                     for i, k in enumerate(keys)]
             ids = [p().raise_for_status().json()["id"] for p in post]
             deadline = time.monotonic() + args.duration
@@ -267,7 +268,7 @@ def main() -> int:
         broker.stop()
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
-    print(f"chaos: {args.runs} runs, 3 workers, {args.duration:g} s of faults (seed {args.seed}), "
+    print(f"chaos: {args.runs} runs of {args.steps} steps, 3 workers, {args.duration:g} s of faults (seed {args.seed}), "
           f"wall {time.monotonic() - started:.0f} s")
     print(f"faults: {dict(chaos.done)}")
     print(f"runs lost: {len(figures['lost'])} {figures['lost'] or ''}")

@@ -43,7 +43,8 @@ def run_training(run_id: str, *, owner: str) -> None:
         return
     lease = leases.Lease(owner, claim.epoch)
     if claim.attempts > settings.max_attempts:
-        _finish(run_id, lease, "failed", f"gave up after {settings.max_attempts} attempts: the worker was lost each time")
+        _finish(run_id, lease, "failed",
+                f"gave up after {settings.max_attempts} attempts: the worker was lost each time")
         return
     with session_scope() as session:
         runs.set_status(session=session, run_id=run_id, status="running", expect=MINE, lease=lease,
