@@ -229,6 +229,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=180, help="seconds of fault injection")
     parser.add_argument("--runs", type=int, default=24)
     parser.add_argument("--steps", type=int, default=40, help="training steps of each run")
+    parser.add_argument("--lease", type=float, default=float(FAST["REGDIFF_LEASE_SECONDS"]),
+                        help="REGDIFF_LEASE_SECONDS; give a loaded machine slack (data loading precedes the heartbeat)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the runs to end after it")
     args = parser.parse_args()
@@ -244,7 +246,8 @@ def main() -> int:
         broker.start()
         (root / "home").mkdir()
         env = {"REGDIFF_HOME": str(root / "home"), "REGDIFF_QUEUE": QUEUE, **FAST,
-               "REGDIFF_DATABASE_URL": pg.url, "REGDIFF_BROKER_URL": broker.url, "REGDIFF_MAX_RUNNING_RUNS": "100"}
+               "REGDIFF_DATABASE_URL": pg.url, "REGDIFF_BROKER_URL": broker.url, "REGDIFF_MAX_RUNNING_RUNS": "100",
+               "REGDIFF_LEASE_SECONDS": str(args.lease), "REGDIFF_REQUEUE_AFTER_SECONDS": str(4 * args.lease)}
         service = Service("postgres-redis", root / "home", env).start()
         chaos = Chaos(service, pg, broker, rng)
         with httpx.Client(base_url=service.url, timeout=30) as client:
@@ -261,6 +264,8 @@ def main() -> int:
         figures = measure(pg.url, ids, replayed)
         messages = broker.messages()
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave servers behind
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if chaos is not None:
             chaos.stop_workers()
         if service is not None:
@@ -268,7 +273,8 @@ def main() -> int:
         broker.stop()
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
-    print(f"chaos: {args.runs} runs of {args.steps} steps, 3 workers, {args.duration:g} s of faults (seed {args.seed}), "
+    print(f"chaos: {args.runs} runs of {args.steps} steps, 3 workers, lease {args.lease:g} s, "
+          f"{args.duration:g} s of faults (seed {args.seed}), "
           f"wall {time.monotonic() - started:.0f} s")
     print(f"faults: {dict(chaos.done)}")
     print(f"runs lost: {len(figures['lost'])} {figures['lost'] or ''}")
