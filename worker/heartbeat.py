@@ -37,6 +37,10 @@ class Heartbeat:
         self._done.set()
         self._thread.join()
 
+    def limit_to(self, seconds: float) -> None:
+        """Stop with "time_limit" `seconds` from now (known only once the job is loaded)."""
+        self.deadline = time.monotonic() + seconds
+
     def should_stop(self) -> bool:
         if self.deadline is not None and time.monotonic() > self.deadline:
             self.stop_reason = self.stop_reason or "time_limit"

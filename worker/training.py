@@ -50,7 +50,9 @@ def run_training(run_id: str, *, owner: str) -> None:
         runs.set_status(session=session, run_id=run_id, status="running", expect=MINE, lease=lease,
                         message=f"attempt {claim.attempts} on {owner}")
     try:
-        _train(run_id, lease=lease)
+        # The heartbeat starts at the claim: loading the data and the checkpoint may outlast a lease.
+        with Heartbeat(Run, run_id, lease=lease) as beat:
+            _train(run_id, lease=lease, beat=beat)
     except leases.LeaseLost:  # another claim owns the run now: every further write would be refused
         log.warning("run %s: lease epoch %d lost; stopped without touching the run", run_id, lease.epoch)
     except NonFiniteLoss as exc:
@@ -60,7 +62,7 @@ def run_training(run_id: str, *, owner: str) -> None:
         _finish(run_id, lease, "failed", f"{type(exc).__name__}: {exc}")
 
 
-def _train(run_id: str, *, lease: leases.Lease) -> None:
+def _train(run_id: str, *, lease: leases.Lease, beat: Heartbeat) -> None:
     settings = get_settings()
     with session_scope() as session:
         run = session.get(Run, run_id)
@@ -85,27 +87,27 @@ def _train(run_id: str, *, lease: leases.Lease) -> None:
             runs.add_event(session=session, run_id=run_id, type="resumed", message=f"resumed from step {resume.step}",
                            data={"step": resume.step, "checkpoint": resume.id}, lease=lease)
     limit = min(settings.run_time_limit_seconds, spec.time_limit_seconds or float("inf"))
-    with Heartbeat(Run, run_id, lease=lease, time_limit=limit - elapsed) as beat:
-        result = train(
-            spec, data, device=device,
-            hooks=TrainHooks(on_log=progress, on_checkpoint=on_checkpoint, should_stop=beat.should_stop),
-            resume=resume_bytes, init_weights=init_weights,
-        )
-        if result.stopped:
-            _stopped(run_id, lease, beat.stop_reason, result.steps_done, limit)
-            return
-        progress.flush(result.steps_done, result.metrics)
-        images = sample_from_state(result.state, n=spec.preview.n, sampler=spec.preview.sampler,
-                                   steps=spec.preview.steps, eta=0.0, seed=spec.preview.seed, device=device)
-        scores = evaluate_final(run_id, spec, result.state, data, device=device)  # None when off
-        with session_scope() as session:
-            ckpt_id = runs.save_checkpoint(session=session, run_id=run_id, step=result.steps_done,
-                                           data=result.state, is_final=True, keep=settings.keep_checkpoints,
-                                           lease=lease)
-            session.add(_preview_job(run_id, tenant, ckpt_id, spec, images))
-            runs.set_status(session=session, run_id=run_id, status="succeeded", expect=MINE, lease=lease,
-                            step=result.steps_done,
-                            evaluation=scores)
+    beat.limit_to(limit - elapsed)
+    result = train(
+        spec, data, device=device,
+        hooks=TrainHooks(on_log=progress, on_checkpoint=on_checkpoint, should_stop=beat.should_stop),
+        resume=resume_bytes, init_weights=init_weights,
+    )
+    if result.stopped:
+        _stopped(run_id, lease, beat.stop_reason, result.steps_done, limit)
+        return
+    progress.flush(result.steps_done, result.metrics)
+    images = sample_from_state(result.state, n=spec.preview.n, sampler=spec.preview.sampler,
+                               steps=spec.preview.steps, eta=0.0, seed=spec.preview.seed, device=device)
+    scores = evaluate_final(run_id, spec, result.state, data, device=device)  # None when off
+    with session_scope() as session:
+        ckpt_id = runs.save_checkpoint(session=session, run_id=run_id, step=result.steps_done,
+                                       data=result.state, is_final=True, keep=settings.keep_checkpoints,
+                                       lease=lease)
+        session.add(_preview_job(run_id, tenant, ckpt_id, spec, images))
+        runs.set_status(session=session, run_id=run_id, status="succeeded", expect=MINE, lease=lease,
+                        step=result.steps_done,
+                        evaluation=scores)
 
 
 def _init_weights(session, tenant: str, checkpoint_id: str | None) -> bytes | None:
