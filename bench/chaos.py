@@ -59,7 +59,8 @@ class PrivatePostgres:
 
     def _run(self, *args: str) -> None:
         as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*as_postgres, *args], check=True, capture_output=True)
+        # No pipes: a server that pg_ctl starts would inherit them and hold them open forever.
+        subprocess.run([*as_postgres, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start(self) -> None:
         self.dir.mkdir()
@@ -70,7 +71,8 @@ class PrivatePostgres:
                   "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start")
 
     def restart(self) -> None:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "restart")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-m", "fast",
+                  "-w", "restart")
 
     def stop(self) -> None:
         if (self.dir / "data" / "postmaster.pid").exists():
