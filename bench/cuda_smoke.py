@@ -28,9 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from models.datasets import ImageSet, load_builtin
+from models.devices import resolve_device
 from models.samplers import SAMPLERS, sample_from_state
 from models.spec import RunSpec
-from models.devices import resolve_device
 from models.trainer import train, uses_bf16
 
 

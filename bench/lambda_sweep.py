@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from models import evaluation
 from models.datasets import ImageSet, load_builtin
+from models.devices import resolve_device
 from models.samplers import sample_from_state
 from models.spec import RunSpec
-from models.devices import resolve_device
 from models.trainer import train
 
 GRID = 16  # samples shown per run in the figure (4 x 4)

@@ -110,10 +110,10 @@ def run_in_process(args: argparse.Namespace, body: dict[str, Any]) -> tuple[dict
 
     from models import evaluation
     from models.datasets import load_builtin
+    from models.devices import resolve_device
     from models.images import grid_png
     from models.samplers import sample_from_state
     from models.spec import RunSpec
-    from models.devices import resolve_device
     from models.trainer import train
     from service import reports
     from store.settings import get_settings

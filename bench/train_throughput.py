@@ -55,8 +55,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from models import networks
 from models.datasets import ImageSet, load_builtin, to_tensor
-from models.spec import RunSpec
 from models.devices import resolve_device
+from models.spec import RunSpec
 from models.trainer import TrainHooks, train
 
 PENALISED = {"lambda": 0.1, "regularizer": "tv", "reg_schedule": {"t_max": 1000}}

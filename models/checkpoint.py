@@ -23,8 +23,7 @@ from diffusers import UNet2DModel
 from safetensors.torch import load, save
 from torch import Tensor
 
-from models import networks
-from models import datasets
+from models import datasets, networks
 from models.spec import FieldError, ModelSpec, RunSpec
 
 FORMAT = "regdiff.train_state.v1"

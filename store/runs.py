@@ -10,6 +10,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
+from store.leases import Lease, fence, held_by
 from store.pagination import keyset_page
 from store.tables import Checkpoint, Run, RunEvent, SampleJob, utcnow
 
@@ -107,8 +108,12 @@ def list_runs(
 
 
 def add_event(
-    *, session: Session, run_id: str, type: str, message: str = "", level: str = "info", data: Any = None
+    *, session: Session, run_id: str, type: str, message: str = "", level: str = "info", data: Any = None,
+    lease: Lease | None = None,
 ) -> None:
+    """With `lease` (a worker's write), raises LeaseLost unless that lease still holds the run."""
+    if lease is not None:
+        fence(session, Run, run_id, lease)
     session.add(RunEvent(run_id=run_id, type=type, level=level, message=message, data=data))
 
 
@@ -137,7 +142,13 @@ def metric_series(*, session: Session, run_id: str) -> dict[str, list[list[float
     return series
 
 
-def record_progress(*, session: Session, run_id: str, step: int, metrics: dict[str, float]) -> None:
+def record_progress(
+    *, session: Session, run_id: str, step: int, metrics: dict[str, float], lease: Lease | None = None
+) -> None:
+    """The run's step and metrics. With `lease` (a worker's write), raises LeaseLost unless
+    that lease still holds the run."""
+    if lease is not None:
+        fence(session, Run, run_id, lease)
     session.execute(update(Run).where(Run.id == run_id).values(step=step, metrics=metrics))
     add_event(session=session, run_id=run_id, type="metrics", data={"step": step, **metrics})
 
@@ -150,12 +161,14 @@ def set_status(
     message: str = "",
     level: str = "info",
     expect: tuple[str, ...] = (),
+    lease: Lease | None = None,
     **values: Any,
 ) -> bool:
     """Change status and log it; terminal statuses stamp finished_at and drop the lease.
 
     With `expect`, only from one of those statuses (a compare-and-set: a cancel and a claim
-    racing cannot both win); returns whether the row changed."""
+    racing cannot both win); with `lease` (a worker's write), only while that lease holds the
+    run; returns whether the row changed."""
     if status in TERMINAL:
         values.update(finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
     if status == "running":
@@ -163,6 +176,8 @@ def set_status(
     query = update(Run).where(Run.id == run_id)
     if expect:
         query = query.where(Run.status.in_(expect))
+    if lease is not None:
+        query = query.where(held_by(Run, lease))
     if session.execute(query.values(status=status, **values)).rowcount == 0:
         return False
     add_event(session=session, run_id=run_id, type="status", level=level, message=message or status,
@@ -187,8 +202,13 @@ def cancel_abandoned(*, session: Session) -> list[str]:
     return ids
 
 
-def save_checkpoint(*, session: Session, run_id: str, step: int, data: bytes, is_final: bool, keep: int) -> str:
-    """Store a checkpoint; keep the newest `keep` non-final ones (retention)."""
+def save_checkpoint(
+    *, session: Session, run_id: str, step: int, data: bytes, is_final: bool, keep: int, lease: Lease | None = None
+) -> str:
+    """Store a checkpoint; keep the newest `keep` non-final ones (retention). With `lease`
+    (a worker's write), raises LeaseLost unless that lease still holds the run."""
+    if lease is not None:
+        fence(session, Run, run_id, lease)
     ckpt = Checkpoint(run_id=run_id, step=step, data=data, size=len(data), is_final=is_final)
     session.add(ckpt)
     session.flush()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from store import runs
+from store.leases import Lease, release
 from store.tables import Checkpoint, SampleJob, utcnow
 
 
@@ -40,7 +41,7 @@ def job_source(*, session: Session, sample_id: str) -> tuple[dict[str, Any], Che
     return dict(job.params), ckpt
 
 
-def finish_sample(*, session: Session, sample_id: str, **values: Any) -> None:
-    """Stamp the outcome (status, images or error) and drop the lease."""
-    session.execute(update(SampleJob).where(SampleJob.id == sample_id)
-                    .values(finished_at=utcnow(), lease_owner=None, **values))
+def finish_sample(*, session: Session, sample_id: str, lease: Lease, **values: Any) -> bool:
+    """Stamp the outcome (status, images or error) and drop the lease; only while `lease` still
+    holds the job (False: another claim owns it now, and its outcome is that worker's to write)."""
+    return release(session, SampleJob, sample_id, lease=lease, finished_at=utcnow(), **values)

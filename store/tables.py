@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -54,6 +55,7 @@ class LeasedJob:
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None]
+    lease_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # fencing token: bumped by every claim
     enqueued_at: Mapped[datetime | None]
 
 
@@ -87,7 +89,10 @@ class RunEvent(Base):
 
     __tablename__ = "run_events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # BIGINT on PostgreSQL (an append-only log outgrows 32 bits); SQLite's INTEGER PRIMARY KEY
+    # is the 64-bit rowid already, and only INTEGER gives it autoincrement there.
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
     run_id: Mapped[str] = mapped_column(String(32), ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     type: Mapped[str] = mapped_column(String(32))
     level: Mapped[str] = mapped_column(String(16), default="info")

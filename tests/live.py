@@ -127,9 +127,13 @@ class Service:
         return self
 
     def start_worker(self) -> None:
+        self.worker = self.spawn_worker()
+
+    def spawn_worker(self) -> subprocess.Popen:
+        """One more worker process, in a process group of its own (several may run at once)."""
         self.workers_started += 1
-        self.worker = self._spawn(["-m", "worker", "--hostname", f"w{self.workers_started}@%h"],
-                                  f"worker{self.workers_started}.log")
+        return self._spawn(["-m", "worker", "--hostname", f"w{self.workers_started}@%h"],
+                           f"worker{self.workers_started}.log")
 
     def kill_worker(self) -> None:
         """SIGKILL: no warm shutdown, no ack, no lease release: a crashed machine."""

@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, job: leases.Job, job_id: str, *, owner: str, time_limit: float | None = None):
-        self.job, self.job_id, self.owner = job, job_id, owner
+    def __init__(self, job: leases.Job, job_id: str, *, lease: leases.Lease, time_limit: float | None = None):
+        self.job, self.job_id, self.lease = job, job_id, lease
         self.lease_seconds = get_settings().lease_seconds
         self.deadline = time.monotonic() + time_limit if time_limit else None
         self.stop_reason: str | None = None  # "cancelled" | "lease_lost" | "time_limit"
@@ -34,6 +34,10 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join()
+
+    def limit_to(self, seconds: float) -> None:
+        """Stop with "time_limit" `seconds` from now (known only once the job is loaded)."""
+        self.deadline = time.monotonic() + seconds
 
     def should_stop(self) -> bool:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -49,7 +53,7 @@ class Heartbeat:
 
     def beat(self) -> None:
         with session_scope() as session:
-            if not leases.renew(session, self.job, self.job_id, owner=self.owner, lease_seconds=self.lease_seconds):
+            if not leases.renew(session, self.job, self.job_id, lease=self.lease, lease_seconds=self.lease_seconds):
                 self.stop_reason = "lease_lost"
             elif self.job is Run and runs.cancel_requested(session=session, run_id=self.job_id):
                 self.stop_reason = "cancelled"

@@ -34,15 +34,16 @@ def run_sampling(sample_id: str, *, owner: str) -> None:
         claim = leases.claim(session, SampleJob, sample_id, owner=owner, lease_seconds=settings.lease_seconds)
     if not claim.won:
         return
+    lease = leases.Lease(owner, claim.epoch)
     try:
-        with Heartbeat(SampleJob, sample_id, owner=owner):
-            _sample(sample_id)
+        with Heartbeat(SampleJob, sample_id, lease=lease):
+            _sample(sample_id, lease)
     except Exception as exc:
         log.exception("sample job %s failed", sample_id)
-        _finish(sample_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        _finish(sample_id, lease, status="failed", error=f"{type(exc).__name__}: {exc}")
 
 
-def _sample(sample_id: str) -> None:
+def _sample(sample_id: str, lease: leases.Lease) -> None:
     settings = get_settings()
     with session_scope() as session:
         params, ckpt = stored.job_source(session=session, sample_id=sample_id)
@@ -53,10 +54,12 @@ def _sample(sample_id: str) -> None:
     images = sample_from_state(state, n=params["n"], sampler=params["sampler"], steps=params["steps"],
                                eta=params["eta"], seed=params["seed"], device=resolve_device(settings.device),
                                guidance=guidance)
-    _finish(sample_id, status="succeeded", images_npz=npz_bytes(images), grid_png=grid_png(images),
+    _finish(sample_id, lease, status="succeeded", images_npz=npz_bytes(images), grid_png=grid_png(images),
             checkpoint_id=ckpt.id)
 
 
-def _finish(sample_id: str, **values: object) -> None:
+def _finish(sample_id: str, lease: leases.Lease, **values: object) -> None:
+    """The job's outcome, written only while `lease` still holds it (else another worker does)."""
     with session_scope() as session:
-        stored.finish_sample(session=session, sample_id=sample_id, **values)
+        if not stored.finish_sample(session=session, sample_id=sample_id, lease=lease, **values):
+            log.warning("sample job %s: lease epoch %d lost; outcome dropped", sample_id, lease.epoch)

@@ -12,10 +12,10 @@ import time
 
 import numpy as np
 
+from models.devices import resolve_device
 from models.images import grid_png
 from models.samplers import sample_from_state
 from models.spec import RunSpec
-from models.devices import resolve_device
 from models.trainer import NonFiniteLoss, TrainHooks, train
 from store import leases, quotas, runs
 from store import samples as stored_samples
@@ -43,22 +43,28 @@ def run_training(run_id: str, *, owner: str) -> None:
     if not claim.won:
         log.info("run %s: not claimable (done, cancelled or owned elsewhere); message dropped", run_id)
         return
+    lease = leases.Lease(owner, claim.epoch)
     if claim.attempts > settings.max_attempts:
-        _finish(run_id, "failed", f"gave up after {settings.max_attempts} attempts: the worker was lost each time")
+        _finish(run_id, lease, "failed",
+                f"gave up after {settings.max_attempts} attempts: the worker was lost each time")
         return
     with session_scope() as session:
-        runs.set_status(session=session, run_id=run_id, status="running", expect=MINE,
+        runs.set_status(session=session, run_id=run_id, status="running", expect=MINE, lease=lease,
                         message=f"attempt {claim.attempts} on {owner}")
     try:
-        _train(run_id, owner=owner)
+        # The heartbeat starts at the claim: loading the data and the checkpoint may outlast a lease.
+        with Heartbeat(Run, run_id, lease=lease) as beat:
+            _train(run_id, lease=lease, beat=beat)
+    except leases.LeaseLost:  # another claim owns the run now: every further write would be refused
+        log.warning("run %s: lease epoch %d lost; stopped without touching the run", run_id, lease.epoch)
     except NonFiniteLoss as exc:
-        _finish(run_id, "failed", str(exc))
+        _finish(run_id, lease, "failed", str(exc))
     except Exception as exc:
         log.exception("run %s failed", run_id)
-        _finish(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        _finish(run_id, lease, "failed", f"{type(exc).__name__}: {exc}")
 
 
-def _train(run_id: str, *, owner: str) -> None:
+def _train(run_id: str, *, lease: leases.Lease, beat: Heartbeat) -> None:
     settings = get_settings()
     with session_scope() as session:
         run = runs.load_run(session=session, run_id=run_id)
@@ -71,38 +77,39 @@ def _train(run_id: str, *, owner: str) -> None:
     data = load_images(spec.dataset, tenant=tenant)
     device = resolve_device(settings.device)
     elapsed = time.time() - as_utc(started).timestamp() if started else 0.0
-    progress = _ProgressWriter(run_id, settings.log_flush_seconds)
+    progress = _ProgressWriter(run_id, lease, settings.log_flush_seconds)
 
     def on_checkpoint(step: int, state: bytes) -> None:
         with session_scope() as session:
             runs.save_checkpoint(session=session, run_id=run_id, step=step, data=state, is_final=False,
-                                 keep=settings.keep_checkpoints)
+                                 keep=settings.keep_checkpoints, lease=lease)
 
     if resume is not None:
         with session_scope() as session:
             runs.add_event(session=session, run_id=run_id, type="resumed", message=f"resumed from step {resume.step}",
-                           data={"step": resume.step, "checkpoint": resume.id})
+                           data={"step": resume.step, "checkpoint": resume.id}, lease=lease)
     limit = min(settings.run_time_limit_seconds, spec.time_limit_seconds or float("inf"))
-    with Heartbeat(Run, run_id, owner=owner, time_limit=limit - elapsed) as beat:
-        result = train(
-            spec, data, device=device,
-            hooks=TrainHooks(on_log=progress, on_checkpoint=on_checkpoint, should_stop=beat.should_stop),
-            resume=resume_bytes, init_weights=init_weights,
-        )
-        if result.stopped:
-            _stopped(run_id, beat.stop_reason, result.steps_done, limit)
-            return
-        progress.flush(result.steps_done, result.metrics)
-        images = sample_from_state(result.state, n=spec.preview.n, sampler=spec.preview.sampler,
-                                   steps=spec.preview.steps, eta=0.0, seed=spec.preview.seed, device=device)
-        scores = evaluate_final(run_id, spec, result.state, data, device=device)  # None when off
-        with session_scope() as session:
-            ckpt_id = runs.save_checkpoint(session=session, run_id=run_id, step=result.steps_done,
-                                           data=result.state, is_final=True, keep=settings.keep_checkpoints)
-            _add_preview(session, run_id, tenant, ckpt_id, spec, images)
-            runs.set_status(session=session, run_id=run_id, status="succeeded", expect=MINE,
-                            step=result.steps_done,
-                            evaluation=scores)
+    beat.limit_to(limit - elapsed)
+    result = train(
+        spec, data, device=device,
+        hooks=TrainHooks(on_log=progress, on_checkpoint=on_checkpoint, should_stop=beat.should_stop),
+        resume=resume_bytes, init_weights=init_weights,
+    )
+    if result.stopped:
+        _stopped(run_id, lease, beat.stop_reason, result.steps_done, limit)
+        return
+    progress.flush(result.steps_done, result.metrics)
+    images = sample_from_state(result.state, n=spec.preview.n, sampler=spec.preview.sampler,
+                               steps=spec.preview.steps, eta=0.0, seed=spec.preview.seed, device=device)
+    scores = evaluate_final(run_id, spec, result.state, data, device=device)  # None when off
+    with session_scope() as session:
+        ckpt_id = runs.save_checkpoint(session=session, run_id=run_id, step=result.steps_done,
+                                       data=result.state, is_final=True, keep=settings.keep_checkpoints,
+                                       lease=lease)
+        _add_preview(session, run_id, tenant, ckpt_id, spec, images)
+        runs.set_status(session=session, run_id=run_id, status="succeeded", expect=MINE, lease=lease,
+                        step=result.steps_done,
+                        evaluation=scores)
 
 
 def _init_weights(session, tenant: str, checkpoint_id: str | None) -> bytes | None:
@@ -121,18 +128,18 @@ def _add_preview(session, run_id: str, tenant: str, ckpt_id: str, spec: RunSpec,
                                images_npz=npz_bytes(images), grid_png=grid_png(images))
 
 
-def _stopped(run_id: str, reason: str | None, step: int, limit: float) -> None:
+def _stopped(run_id: str, lease: leases.Lease, reason: str | None, step: int, limit: float) -> None:
     if reason == "cancelled":
-        _finish(run_id, "cancelled", f"cancelled at step {step}")
+        _finish(run_id, lease, "cancelled", f"cancelled at step {step}")
     elif reason == "time_limit":
-        _finish(run_id, "failed", f"time limit of {limit:g} s exceeded at step {step}")
+        _finish(run_id, lease, "failed", f"time limit of {limit:g} s exceeded at step {step}")
     else:  # lease lost: another worker owns the run now, leave it alone
         log.warning("run %s: lease lost at step %d; stopping without touching it", run_id, step)
 
 
-def _finish(run_id: str, status: str, message: str) -> None:
+def _finish(run_id: str, lease: leases.Lease, status: str, message: str) -> None:
     with session_scope() as session:
-        runs.set_status(session=session, run_id=run_id, status=status, message=message, expect=MINE,
+        runs.set_status(session=session, run_id=run_id, status=status, message=message, expect=MINE, lease=lease,
                         level="error" if status == "failed" else "info",
                         error=message if status == "failed" else None)
 
@@ -140,8 +147,8 @@ def _finish(run_id: str, status: str, message: str) -> None:
 class _ProgressWriter:
     """on_log hook: at most one database write per `interval` seconds (throttled)."""
 
-    def __init__(self, run_id: str, interval: float):
-        self.run_id, self.interval, self._last = run_id, interval, 0.0
+    def __init__(self, run_id: str, lease: leases.Lease, interval: float):
+        self.run_id, self.lease, self.interval, self._last = run_id, lease, interval, 0.0
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         if time.monotonic() - self._last >= self.interval:
@@ -150,4 +157,4 @@ class _ProgressWriter:
     def flush(self, step: int, metrics: dict[str, float]) -> None:
         self._last = time.monotonic()
         with session_scope() as session:
-            runs.record_progress(session=session, run_id=self.run_id, step=step, metrics=metrics)
+            runs.record_progress(session=session, run_id=self.run_id, step=step, metrics=metrics, lease=self.lease)

@@ -31,7 +31,7 @@ from store.db import new_session
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=PROBLEM_RESPONSES)
 PNG = {200: {"content": {"image/png": {}}}}
-MAX_EVENT_ID = 2**31 - 1  # run_events.id is a 32-bit INTEGER on PostgreSQL: a larger cursor cannot match
+MAX_EVENT_ID = 2**63 - 1  # run_events.id is 64-bit (BIGINT on PostgreSQL, the rowid on SQLite)
 
 
 @router.post("", status_code=201, response_model=RunPublic)

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from pydantic import ValidationError
 
 from models import checkpoint

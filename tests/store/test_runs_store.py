@@ -1,4 +1,4 @@
-"""Store functions against a real (SQLite) database built by the migration."""
+"""Store functions against real databases (SQLite and PostgreSQL) built by the migration."""
 
 from __future__ import annotations
 
@@ -6,25 +6,33 @@ import subprocess
 import sys
 
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from store import leases, runs
 from store.db import make_engine
-from store.tables import Run
-from tests.live import ROOT
+from store.leases import Lease, LeaseLost
+from store.tables import Checkpoint, Run, RunEvent, as_utc
+from tests.live import ROOT, fresh_postgres_database
 
 SPEC = {"train": {"steps": 10}}
 
 
-@pytest.fixture
-def session(tmp_path):
-    url = f"sqlite:///{tmp_path / 's.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def session(request, tmp_path):
+    drop = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 's.db'}"
+    else:
+        url, drop = fresh_postgres_database()
     subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True, capture_output=True,
                    env={"REGDIFF_DATABASE_URL": url, "PATH": ""})
     engine = make_engine(url)
     with Session(engine) as s:
         yield s
     engine.dispose()
+    if drop is not None:
+        drop()
 
 
 def test_checkpoint_retention_keeps_the_last_n_and_the_final(session):
@@ -42,14 +50,66 @@ def test_one_claim_wins_and_an_expired_lease_can_be_taken_over(session):
     first = leases.claim(session, Run, run.id, owner="a", lease_seconds=60)
     second = leases.claim(session, Run, run.id, owner="b", lease_seconds=60)
     assert (first.won, second.won) == (True, False)
-    assert leases.renew(session, Run, run.id, owner="a", lease_seconds=60)
-    assert not leases.renew(session, Run, run.id, owner="b", lease_seconds=60)
+    assert leases.renew(session, Run, run.id, lease=Lease("a", first.epoch), lease_seconds=60)
+    assert not leases.renew(session, Run, run.id, lease=Lease("b", first.epoch), lease_seconds=60)
 
-    leases.renew(session, Run, run.id, owner="a", lease_seconds=-1)  # a's worker stops beating
+    leases.renew(session, Run, run.id, lease=Lease("a", first.epoch), lease_seconds=-1)  # a stops beating
     assert leases.expired(session, Run) == [run.id]
     takeover = leases.claim(session, Run, run.id, owner="b", lease_seconds=60)
     assert takeover.won and takeover.attempts == 2
-    assert not leases.renew(session, Run, run.id, owner="a", lease_seconds=60)  # a learns it lost
+    assert not leases.renew(session, Run, run.id, lease=Lease("a", first.epoch), lease_seconds=60)  # a lost
+
+
+def _taken_over(session, owner: str = "w") -> tuple[str, Lease, Lease]:
+    """A run claimed by `owner`, frozen past its lease, then claimed again by the same owner
+    name (a restarted process can reuse a pid): only the epoch tells the two claims apart."""
+    run, _ = runs.create_run(session=session, tenant="t", spec=SPEC)
+    first = leases.claim(session, Run, run.id, owner=owner, lease_seconds=60)
+    leases.renew(session, Run, run.id, lease=Lease(owner, first.epoch), lease_seconds=-1)
+    second = leases.claim(session, Run, run.id, owner=owner, lease_seconds=60)
+    assert first.won and second.won and second.epoch == first.epoch + 1
+    return run.id, Lease(owner, first.epoch), Lease(owner, second.epoch)
+
+
+def test_a_claim_takes_an_expired_lease_by_the_database_clock(session):
+    run, _ = runs.create_run(session=session, tenant="t", spec=SPEC)
+    first = leases.claim(session, Run, run.id, owner="a", lease_seconds=60)
+    expires = session.scalar(select(Run.lease_expires_at).where(Run.id == run.id))
+    db_now = session.scalar(select(leases.db_now()))
+    assert 59 <= (as_utc(expires) - as_utc(db_now)).total_seconds() <= 61
+    assert not leases.claim(session, Run, run.id, owner="b", lease_seconds=60).won
+    leases.renew(session, Run, run.id, lease=Lease("a", first.epoch), lease_seconds=-1)
+    assert leases.claim(session, Run, run.id, owner="b", lease_seconds=60).won
+
+
+def test_a_stale_epoch_cannot_finish_the_run(session):
+    run_id, stale, live = _taken_over(session)
+    for status in ("succeeded", "failed"):
+        assert not runs.set_status(session=session, run_id=run_id, status=status, expect=("running",), lease=stale)
+    assert session.scalar(select(Run.status).where(Run.id == run_id)) == "running"
+    assert runs.set_status(session=session, run_id=run_id, status="succeeded", expect=("running",), lease=live)
+    # Once it ended, the live lease is spent too.
+    assert not runs.set_status(session=session, run_id=run_id, status="failed", expect=("running",), lease=live)
+
+
+def test_a_stale_epoch_cannot_write_checkpoints_progress_or_events(session):
+    run_id, stale, live = _taken_over(session)
+    with pytest.raises(LeaseLost):
+        runs.save_checkpoint(session=session, run_id=run_id, step=9, data=b"x", is_final=True, keep=2, lease=stale)
+    with pytest.raises(LeaseLost):
+        runs.record_progress(session=session, run_id=run_id, step=3, metrics={"loss": 1.0}, lease=stale)
+    with pytest.raises(LeaseLost):
+        runs.add_event(session=session, run_id=run_id, type="resumed", lease=stale)
+    with pytest.raises(LeaseLost):
+        leases.fence(session, Run, run_id, Lease("intruder", live.epoch))
+    session.flush()
+    assert session.scalar(select(func.count()).select_from(Checkpoint)) == 0
+    assert session.scalar(select(Run.step).where(Run.id == run_id)) == 0
+    assert session.scalar(select(func.count()).where(RunEvent.run_id == run_id, RunEvent.type != "status")) == 0
+
+    runs.save_checkpoint(session=session, run_id=run_id, step=9, data=b"x", is_final=False, keep=2, lease=live)
+    runs.record_progress(session=session, run_id=run_id, step=9, metrics={"loss": 1.0}, lease=live)
+    assert runs.metric_series(session=session, run_id=run_id) == {"loss": [[9, 1.0]]}
 
 
 def test_idempotency_key_replays_and_refuses_another_body(session):
