@@ -19,6 +19,9 @@ def request_samples(session: Session, settings: Settings, run: Run, params: dict
     """`params` as SampleRequest holds them (n, sampler, steps, eta, seed, checkpoint)."""
     if params["n"] > settings.max_sample_n:
         raise invalid("n", f"at most {settings.max_sample_n} images per request (REGDIFF_MAX_SAMPLE_N)")
+    guidance, timesteps = params.get("guidance"), run.spec["model"]["timesteps"]
+    if guidance and guidance["t_max"] > timesteps:
+        raise invalid("guidance.t_max", f"at most the run's model.timesteps ({timesteps})")
     checkpoint = params.get("checkpoint")
     if checkpoint is not None:
         ckpt = runs.get_checkpoint(session=session, tenant=run.tenant, checkpoint_id=checkpoint)

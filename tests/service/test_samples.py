@@ -63,7 +63,8 @@ def test_sample_request_limits(client, finished_run):
     missing = client.post(f"/v1/runs/{finished_run['id']}/samples", json={"checkpoint": "ckpt_nope"})
     assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "checkpoint"
     for guidance, field in (({"regularizer": "tv", "scale": -1}, "guidance.scale"),
-                            ({"regularizer": "blur", "scale": 1}, "guidance.regularizer.0.name")):
+                            ({"regularizer": "blur", "scale": 1}, "guidance.regularizer.0.name"),
+                            ({"regularizer": "tv", "scale": 1, "t_max": 4000}, "guidance.t_max")):
         bad = client.post(f"/v1/runs/{finished_run['id']}/samples", json={"guidance": guidance})
         assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == field, bad.text
 
