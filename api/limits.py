@@ -61,7 +61,7 @@ def check_run_quota(session: Session, settings: Settings, tenant: str, *, new_ru
             f"{queued} runs of this tenant are queued and {new_runs} more would pass the quota of"
             f" {settings.max_queued_runs} (REGDIFF_MAX_QUEUED_RUNS); retry once some have started,"
             " or cancel some",
-            headers={"Retry-After": str(QUEUE_RETRY_AFTER_SECONDS)},
+            headers={"Retry-After": str(QUEUE_RETRY_AFTER_SECONDS)}, code="quota-exceeded",
         )
 
 

@@ -1,17 +1,37 @@
 """Safe parsing of user-uploaded datasets into an `ImageSet`, and their canonical storage form.
 
-Uploads come from strangers, so nothing here trusts them: arrays are read with
-`allow_pickle=False` (a pickle in an .npz would run code), archives are bounded by their
-declared and their actual decompressed size (zip bombs), images by their header size before
-any pixel is decoded (decompression bombs), and member names are checked although nothing is
-ever written to disk (path traversal is a sign of a hostile archive). Every refusal is an
-`UploadError` naming the file and the allowed values, which the api turns into a 422.
+Uploads come from strangers, so nothing here trusts them, and every bound is checked on a
+header before the memory it describes is allocated:
+
+1. the zip central directory: at most `max_members` entries (counted on the raw bytes, before
+   `zipfile` builds an object per entry), stored or deflated only (bzip2/lzma reach ratios no
+   real dataset needs), no encryption, declared sizes within `max_uncompressed_bytes` together;
+2. each member is then read in chunks, counting actual bytes, so one lying about its size stops
+   at its declaration (overlapping entries and bombs included);
+3. a `.npy` header (shape, dtype, order) is parsed with numpy's header reader and checked
+   (a plain uint8/integer dtype, never an object dtype, so nothing is unpickled; non-negative
+   dimensions; declared bytes within the limit and equal to the bytes present) before the array
+   is made — as a view of the member's bytes, not a copy;
+4. a PNG/JPEG header's dimensions are checked (at most `max_image_size` per side) before any
+   pixel is decoded, with Pillow's own bomb check as a second line.
+
+Member names are checked although nothing is ever written to disk (path traversal is a sign of
+a hostile archive). Every refusal is an `UploadError` naming the file and the allowed values,
+which the api turns into a 422.
+
+Peak memory of one `parse_upload` + `to_npz_bytes`, beyond the upload's own bytes
+(`max_bytes`): the members (<= `max_uncompressed_bytes`), the image array (<= the same bound:
+a view of the members for a C-ordered .npz, a copy for a Fortran-ordered one or a zip of
+images) and the canonical compressed form (<= about the same again), so at most
+`max_bytes + 3 * max_uncompressed_bytes` (832 MiB at the defaults; a typical upload uses about
+twice its decompressed size). The api runs at most `REGDIFF_MAX_CONCURRENT_UPLOADS` at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -26,6 +46,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 UPLOAD_EXTENSIONS = (".npz", ".zip")
 NPZ_ARRAYS = ("images", "labels")
 _CHUNK = 1 << 20
+_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
+_CENTRAL_ENTRY = b"PK\x01\x02"  # the signature that starts every central directory entry
+_NPZ_MAX_MEMBERS = 16  # 'images' and 'labels'; a little room so extra names get a clear message
+_ZIP_EXTRA_MEMBERS = 1000  # folders and macOS metadata next to the images
 # Pillow modes we accept, and what they become: palette PNGs are common, 1-bit is grey, and
 # matplotlib saves opaque RGBA (alpha is dropped only when every pixel is opaque).
 _MODES = {"L": "L", "1": "L", "LA": "L", "RGB": "RGB", "P": "RGB", "RGBA": "RGB"}
@@ -66,10 +90,11 @@ def parse_upload(filename: str, data: bytes, limits: UploadLimits = UploadLimits
             f"unknown file type {suffix or '(none)'!r}; allowed: .npz (arrays 'images', optional 'labels')"
             " or .zip (PNG/JPEG images, optionally one folder per class)",
         )
-    members = _read_archive(filename, data, limits)
+    max_members = _NPZ_MAX_MEMBERS if suffix == ".npz" else limits.max_images + _ZIP_EXTRA_MEMBERS
+    members = _read_archive(filename, data, limits, max_members)
     if not members:
         raise UploadError(filename, "the archive is empty; allowed: arrays 'images' (+ 'labels'), or images")
-    data_set = _from_npz(members) if suffix == ".npz" else _from_images(filename, members, limits)
+    data_set = _from_npz(members, limits) if suffix == ".npz" else _from_images(filename, members, limits)
     _check_set(filename, data_set, limits)
     return data_set
 
@@ -104,13 +129,18 @@ def describe(data: ImageSet) -> dict[str, int | None]:
 # ---- archives: bounded reading -------------------------------------------------------------
 
 
-def _read_archive(filename: str, data: bytes, limits: UploadLimits) -> dict[str, bytes]:
+def _read_archive(filename: str, data: bytes, limits: UploadLimits, max_members: int) -> dict[str, bytes]:
     """Every file member (skipping folders and macOS metadata) -> its bytes, within the size limits."""
+    # An upper bound on the entries zipfile would parse (each starts with this signature): a
+    # 64 MiB central directory of empty entries would otherwise be a million ZipInfo objects.
+    if data.count(_CENTRAL_ENTRY) > max_members:
+        raise UploadError(filename, f"more than {max_members:,} archive members; the limit is {max_members:,}")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir()]
             for info in infos:
                 _check_member_name(info.filename)
+                _check_method(info)
             infos = [i for i in infos if not _is_junk(i.filename)]
             _check_declared_sizes(infos, limits)
             budget = limits.max_uncompressed_bytes
@@ -119,7 +149,7 @@ def _read_archive(filename: str, data: bytes, limits: UploadLimits) -> dict[str,
                 members[info.filename] = _read_member(zf, info, budget)
                 budget -= len(members[info.filename])
             return members
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:  # a corrupt central directory
         suffix = PurePosixPath(filename).suffix
         raise UploadError(filename, f"not a valid {suffix} archive ({exc})") from None
 
@@ -135,6 +165,14 @@ def _check_member_name(name: str) -> None:
     absolute = name.startswith(("/", "\\")) or name[1:2] == ":"  # /x, \\x, C:x
     if absolute or ".." in parts or "\0" in name:
         raise UploadError(name, "unsafe path (absolute or with '..'); allowed: plain relative names")
+
+
+def _check_method(info: zipfile.ZipInfo) -> None:
+    if info.flag_bits & 0x1:
+        raise UploadError(info.filename, "encrypted archive member; use a plain, unencrypted zip")
+    if info.compress_type not in _ZIP_METHODS:
+        raise UploadError(info.filename, f"compression method {info.compress_type}; allowed:"
+                          f" {', '.join(_ZIP_METHODS.values())} (what np.savez and every zip tool write)")
 
 
 def _check_declared_sizes(infos: list[zipfile.ZipInfo], limits: UploadLimits) -> None:
@@ -158,8 +196,8 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> byt
                 out += chunk
                 if len(out) > min(budget, info.file_size):
                     raise UploadError(info.filename, "decompresses beyond its declared size or the limit")
-    except (RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        # encrypted members, unknown compression methods, CRC errors, truncated data
+    except (RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        # CRC errors, truncated or corrupt deflate data, a local header that disagrees
         message = f"cannot read this archive member ({exc}); use a plain, unencrypted zip"
         raise UploadError(info.filename, message) from None
     return bytes(out)
@@ -168,28 +206,53 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> byt
 # ---- .npz ------------------------------------------------------------------------------------
 
 
-def _from_npz(members: dict[str, bytes]) -> ImageSet:
+def _from_npz(members: dict[str, bytes], limits: UploadLimits) -> ImageSet:
     arrays = {}
     for name, raw in members.items():
         key = name.removesuffix(".npy")
         if key not in NPZ_ARRAYS:
             raise UploadError(name, f"unexpected array {key!r}; allowed: {', '.join(NPZ_ARRAYS)}")
-        arrays[key] = _load_array(name, raw)
+        arrays[key] = _load_array(name, raw, limits)
     if "images" not in arrays:
         raise UploadError("images.npy", "no 'images' array; save with np.savez(f, images=..., labels=...)")
     return ImageSet(_as_nhwc(arrays["images"]), _as_labels(arrays.get("labels")))
 
 
-def _load_array(name: str, raw: bytes) -> np.ndarray:
+def _load_array(name: str, raw: bytes, limits: UploadLimits) -> np.ndarray:
+    """A .npy member -> an array viewing `raw`, after its header passed every check (no allocation)."""
+    stream = io.BytesIO(raw)
     try:
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            message = "holds Python objects (a pickle), which are never loaded; save plain uint8/int arrays"
-            raise UploadError(name, message) from None
-        raise UploadError(name, f"not a valid .npy array ({exc})") from None
-    except (OSError, EOFError) as exc:
-        raise UploadError(name, f"not a valid .npy array ({exc})") from None
+        version = np.lib.format.read_magic(stream)
+        if version not in _NPY_READERS:
+            raise ValueError(f"format version {version[0]}.{version[1]}; allowed: 1.0, 2.0")
+        shape, fortran_order, dtype = _NPY_READERS[version](stream)
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as exc:
+        raise UploadError(name, f"not a valid .npy array ({exc}); save with np.savez") from None
+    _check_dtype(name, dtype)
+    if not 1 <= len(shape) <= 4 or any(dim < 0 for dim in shape):
+        raise UploadError(name, f"shape {shape}; allowed: 1 to 4 non-negative dimensions")
+    count = math.prod(shape)  # Python ints: no overflow, whatever the header says
+    declared = count * dtype.itemsize
+    if declared > limits.max_uncompressed_bytes:
+        raise UploadError(name, f"shape {shape} of {dtype} is {declared:,} bytes; the limit is"
+                          f" {limits.max_uncompressed_bytes:,}")
+    present = len(raw) - stream.tell()
+    if present != declared:
+        raise UploadError(name, f"the header declares {declared:,} bytes of data (shape {shape}, {dtype})"
+                          f" but {present:,} follow; the file is truncated or corrupt")
+    array = np.frombuffer(raw, dtype=dtype, count=count, offset=stream.tell())
+    return array.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _check_dtype(name: str, dtype: np.dtype) -> None:
+    """Plain integers only: an object dtype would need unpickling, which never happens here."""
+    if dtype.hasobject:
+        raise UploadError(name, "holds Python objects (a pickle), which are never loaded; save plain uint8/int arrays")
+    if dtype.kind not in "iu" or dtype.fields is not None or dtype.subdtype is not None:
+        raise UploadError(name, f"dtype {dtype}; allowed: uint8 images, integer labels")
+
+
+_NPY_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def _as_nhwc(images: np.ndarray) -> np.ndarray:

@@ -8,10 +8,11 @@ once in its canonical form (uint8 .npz) keyed by that form's sha256, and named i
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.errors import PROBLEM_RESPONSES, Problem, invalid, not_found
@@ -23,6 +24,7 @@ from store.settings import Settings
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=PROBLEM_RESPONSES)
 _CHUNK = 1 << 20
+UPLOADS_RETRY_AFTER_SECONDS = 5
 
 
 def unavailable_reason(name: str, settings: Settings) -> str | None:
@@ -78,14 +80,14 @@ def _read_bounded(file: UploadFile, filename: str, limit: int) -> bytes:
 def _too_large(filename: str, limit: int) -> Problem:
     message = f"the upload is larger than {limit:,} bytes (REGDIFF_MAX_UPLOAD_BYTES)"
     return Problem(413, "Content Too Large", f"{filename}: {message}",
-                   errors=[{"field": "file", "file": filename, "message": message}])
+                   errors=[{"field": "file", "file": filename, "message": message}], code="payload-too-large")
 
 
 def _refused(filename: str, exc: uploads.UploadError) -> Problem:
     """422 naming the upload and, inside an archive, the member at fault."""
     where = filename if exc.file == filename else f"{filename}: {exc.file}"
     return Problem(422, "Invalid upload", f"{where}: {exc.message}",
-                   errors=[{"field": "file", "file": exc.file, "message": exc.message}])
+                   errors=[{"field": "file", "file": exc.file, "message": exc.message}], code="invalid-upload")
 
 
 def _check_filename(filename: str) -> None:
@@ -93,20 +95,45 @@ def _check_filename(filename: str) -> None:
     if not filename or "/" in filename or "\\" in filename or "\0" in filename or filename in (".", ".."):
         raise Problem(422, "Invalid upload", f"{filename!r}: unsafe or empty file name; allowed: a plain name"
                       " ending in .npz or .zip", errors=[{"field": "file", "file": filename,
-                                                          "message": "unsafe or empty file name"}])
+                                                          "message": "unsafe or empty file name"}],
+                      code="invalid-upload")
 
 
 @router.post("", status_code=201, response_model=DatasetPublic)
 def upload_dataset(
     file: Annotated[UploadFile, File(description=".npz (arrays images, optional labels) or .zip of PNG/JPEG")],
+    request: Request,
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
     response: Response,
     name: Annotated[str | None, Form(max_length=255)] = None,
 ) -> DatasetPublic:
+    """A sync route, so FastAPI runs it in its threadpool: parsing never blocks the event loop.
+    At most REGDIFF_MAX_CONCURRENT_UPLOADS parse at once (each bounded in memory, see
+    models/uploads.py); one more is a 503 `uploads-busy` with Retry-After, not a wait that would
+    hold a thread and the spooled body."""
     filename = file.filename or ""
     _check_filename(filename)
+    slots: threading.BoundedSemaphore = request.app.state.upload_slots
+    if not slots.acquire(blocking=False):
+        raise Problem(503, detail=f"{settings.max_concurrent_uploads} uploads are being parsed"
+                      " (REGDIFF_MAX_CONCURRENT_UPLOADS); retry shortly", code="uploads-busy",
+                      headers={"Retry-After": str(UPLOADS_RETRY_AFTER_SECONDS)})
+    try:
+        canonical, info = _parse(file, filename, settings)
+    finally:
+        slots.release()
+    dataset, created = stored.create_dataset(session=session, tenant=tenant, name=name or Path(filename).stem[:255],
+                                             sha256=uploads.content_hash(canonical), info=info, data=canonical)
+    session.commit()
+    if not created:
+        response.status_code = 200
+    return DatasetPublic.of_upload(dataset)
+
+
+def _parse(file: UploadFile, filename: str, settings: Settings) -> tuple[bytes, dict]:
+    """The upload -> its canonical bytes and shape facts; the raw bytes are dropped on return."""
     raw = _read_bounded(file, filename, settings.max_upload_bytes)
     try:
         data = uploads.parse_upload(filename, raw, _limits(settings))
@@ -114,13 +141,7 @@ def upload_dataset(
         raise _refused(filename, exc) from None
     del raw
     canonical = uploads.to_npz_bytes(data)
-    info = {**uploads.describe(data), "size_bytes": len(canonical), "filename": filename}
-    dataset, created = stored.create_dataset(session=session, tenant=tenant, name=name or Path(filename).stem[:255],
-                                             sha256=uploads.content_hash(canonical), info=info, data=canonical)
-    session.commit()
-    if not created:
-        response.status_code = 200
-    return DatasetPublic.of_upload(dataset)
+    return canonical, {**uploads.describe(data), "size_bytes": len(canonical), "filename": filename}
 
 
 @router.get("", response_model=DatasetsPublic)

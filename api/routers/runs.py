@@ -67,7 +67,8 @@ def submit(session: SessionDep, tenant: str, spec: RunSpec, *, idempotency_key: 
                                        idempotency_key=idempotency_key, sweep_id=sweep_id)
     except runs.IdempotencyConflict as exc:
         raise Problem(422, "Idempotency-Key reused", f"this Idempotency-Key was used for run {exc} with another"
-                      " request body", errors=[{"field": "Idempotency-Key", "message": "reused with another body"}])
+                      " request body", errors=[{"field": "Idempotency-Key", "message": "reused with another body"}],
+                      code="idempotency-key-reused")
     session.commit()
     if created:
         try:

@@ -143,7 +143,8 @@ def _in_sweep(problem: Problem, vary: dict[str, list[Any]]) -> Problem:
 
     errors = [{**e, "field": where(e["field"])} for e in problem.errors or []]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or problem.detail
-    return Problem(problem.status, problem.title, detail, errors=errors or None, headers=problem.headers)
+    return Problem(problem.status, problem.title, detail, errors=errors or None, headers=problem.headers,
+                   code=problem.code)
 
 
 def _check_against_server(session, settings: Settings, tenant: str, specs: list[RunSpec],
@@ -185,7 +186,8 @@ def create_sweep(
                                              specs=[s.to_json() for s in specs], idempotency_key=idempotency_key)
     except runs.IdempotencyConflict as exc:
         raise Problem(422, "Idempotency-Key reused", f"this Idempotency-Key was used for {exc} with another"
-                      " request body", errors=[{"field": "Idempotency-Key", "message": "reused with another body"}])
+                      " request body", errors=[{"field": "Idempotency-Key", "message": "reused with another body"}],
+                      code="idempotency-key-reused")
     session.commit()
     if created:
         for run in stored.sweep_runs(session=session, sweep=sweep):
