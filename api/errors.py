@@ -111,23 +111,25 @@ def invalid(field: str, message: str) -> Problem:
     return Problem(422, "Invalid request", f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
-def problem_body(status: int, detail: str = "", errors: list | None = None, code: str | None = None) -> dict:
+def problem_body(status: int, detail: str = "", errors: list | None = None, code: str | None = None,
+                 request_id: str | None = None) -> dict:
     """The RFC 9457 body: type and code by kind, title by status, the request's id to quote."""
     kind = KINDS[code or default_code(status)]
     body: dict[str, Any] = {"type": kind.type, "code": kind.code, "title": phrase(status), "status": status,
                             "detail": detail or phrase(status)}
     if errors:
         body["errors"] = errors
-    request_id = current_request_id()
+    request_id = request_id or current_request_id()
     if request_id:
         body["request_id"] = request_id
     return body
 
 
 def problem_response(status: int, detail: str = "", errors: list | None = None,
-                     headers: dict[str, str] | None = None, code: str | None = None) -> JSONResponse:
-    return JSONResponse(problem_body(status, detail, errors, code), status_code=status, media_type=PROBLEM,
-                        headers=headers)
+                     headers: dict[str, str] | None = None, code: str | None = None,
+                     request_id: str | None = None) -> JSONResponse:
+    return JSONResponse(problem_body(status, detail, errors, code, request_id), status_code=status,
+                        media_type=PROBLEM, headers=headers)
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
@@ -172,8 +174,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "an unexpected error occurred; it has been logged")
+        # Starlette calls this outside the middlewares, so the request id is passed by hand.
+        request_id = getattr(request.state, "request_id", None)
+        log.exception("unhandled error on %s %s", request.method, request.url.path,
+                      extra={"request_id": request_id or "-"})
+        return problem_response(500, "an unexpected error occurred; it has been logged",
+                                headers={"X-Request-ID": request_id} if request_id else None,
+                                request_id=request_id)
 
 
 class ProblemModel(BaseModel):

@@ -45,6 +45,8 @@ class RequestIdMiddleware:
         given = next((value for name, value in scope["headers"] if name == HEADER), None)
         request_id = accepted_or_new(given)
         token = _current.set(request_id)
+        # For the 500 handler, which Starlette runs outside every middleware (and this context).
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -59,10 +61,12 @@ class RequestIdMiddleware:
 
 
 class RequestIdLogFilter(logging.Filter):
-    """Adds `record.request_id` ("-" outside a request) for the format below."""
+    """Adds `record.request_id` ("-" outside a request) for the format below, unless the call
+    passed one (`extra={"request_id": ...}`, where the context is gone: the 500 handler)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current_request_id() or "-"
+        if not hasattr(record, "request_id"):
+            record.request_id = current_request_id() or "-"
         return True
 
 
