@@ -14,6 +14,7 @@ from store import leases, runs
 from store.db import session_scope
 from store.settings import get_settings
 from store.tables import Checkpoint, SampleJob, utcnow
+from worker import errors
 from worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def run_sampling(sample_id: str, *, owner: str) -> None:
             _sample(sample_id)
     except Exception as exc:
         log.exception("sample job %s failed", sample_id)
-        _finish(sample_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        _finish(sample_id, status="failed", error=str(errors.user_error(exc)))
 
 
 def _sample(sample_id: str) -> None:

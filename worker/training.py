@@ -22,6 +22,7 @@ from store.settings import get_settings
 from store.tables import Run, SampleJob, as_utc
 from worker.data import load_images
 from worker.evaluation import evaluate_final
+from worker import errors
 from worker.heartbeat import Heartbeat
 from worker.samples import npz_bytes
 
@@ -42,18 +43,18 @@ def run_training(run_id: str, *, owner: str) -> None:
         log.info("run %s: not claimable (done, cancelled or owned elsewhere); message dropped", run_id)
         return
     if claim.attempts > settings.max_attempts:
-        _finish(run_id, "failed", f"gave up after {settings.max_attempts} attempts: the worker was lost each time")
+        _finish(run_id, "failed", str(errors.worker_lost(settings.max_attempts)))
         return
     with session_scope() as session:
         runs.set_status(session=session, run_id=run_id, status="running", expect=MINE,
                         message=f"attempt {claim.attempts} on {owner}")
     try:
         _train(run_id, owner=owner)
-    except NonFiniteLoss as exc:
-        _finish(run_id, "failed", str(exc))
+    except NonFiniteLoss as exc:  # the user's settings, not a fault: no trace in the log
+        _finish(run_id, "failed", str(errors.user_error(exc)))
     except Exception as exc:
         log.exception("run %s failed", run_id)
-        _finish(run_id, "failed", f"{type(exc).__name__}: {exc}")
+        _finish(run_id, "failed", str(errors.user_error(exc)))
 
 
 def _train(run_id: str, *, owner: str) -> None:
@@ -123,7 +124,7 @@ def _stopped(run_id: str, reason: str | None, step: int, limit: float) -> None:
     if reason == "cancelled":
         _finish(run_id, "cancelled", f"cancelled at step {step}")
     elif reason == "time_limit":
-        _finish(run_id, "failed", f"time limit of {limit:g} s exceeded at step {step}")
+        _finish(run_id, "failed", str(errors.time_limit(limit, step)))
     else:  # lease lost: another worker owns the run now, leave it alone
         log.warning("run %s: lease lost at step %d; stopping without touching it", run_id, step)
 

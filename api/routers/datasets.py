@@ -34,7 +34,7 @@ def unavailable_reason(name: str, settings: Settings) -> str | None:
     try:
         datasets.check_available(name, settings.resolved_data_dir)
     except datasets.DatasetUnavailable as exc:
-        return f"{exc} (REGDIFF_DATA_DIR={settings.resolved_data_dir})"
+        return f"{exc} (<data_dir> is this server's REGDIFF_DATA_DIR)"  # never its absolute path
     return None
 
 
