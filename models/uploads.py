@@ -149,6 +149,8 @@ def _read_archive(filename: str, data: bytes, limits: UploadLimits, max_members:
                 members[info.filename] = _read_member(zf, info, budget)
                 budget -= len(members[info.filename])
             return members
+    except UploadError:
+        raise
     except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:  # a corrupt central directory
         suffix = PurePosixPath(filename).suffix
         raise UploadError(filename, f"not a valid {suffix} archive ({exc})") from None
@@ -229,8 +231,8 @@ def _load_array(name: str, raw: bytes, limits: UploadLimits) -> np.ndarray:
     except (ValueError, EOFError, OSError, SyntaxError, TypeError) as exc:
         raise UploadError(name, f"not a valid .npy array ({exc}); save with np.savez") from None
     _check_dtype(name, dtype)
-    if not 1 <= len(shape) <= 4 or any(dim < 0 for dim in shape):
-        raise UploadError(name, f"shape {shape}; allowed: 1 to 4 non-negative dimensions")
+    if any(dim < 0 for dim in shape):
+        raise UploadError(name, f"shape {shape}; allowed: non-negative dimensions, (N, H, W[, C]) or (N,)")
     count = math.prod(shape)  # Python ints: no overflow, whatever the header says
     declared = count * dtype.itemsize
     if declared > limits.max_uncompressed_bytes:
@@ -245,10 +247,11 @@ def _load_array(name: str, raw: bytes, limits: UploadLimits) -> np.ndarray:
 
 
 def _check_dtype(name: str, dtype: np.dtype) -> None:
-    """Plain integers only: an object dtype would need unpickling, which never happens here."""
+    """Plain numbers only (the arrays' own checks then ask for uint8 images, integer labels): an
+    object dtype would need unpickling, which never happens here."""
     if dtype.hasobject:
         raise UploadError(name, "holds Python objects (a pickle), which are never loaded; save plain uint8/int arrays")
-    if dtype.kind not in "iu" or dtype.fields is not None or dtype.subdtype is not None:
+    if dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
         raise UploadError(name, f"dtype {dtype}; allowed: uint8 images, integer labels")
 
 
