@@ -20,11 +20,13 @@ a hostile archive). Every refusal is an `UploadError` naming the file and the al
 which the api turns into a 422.
 
 Peak memory of one `parse_upload` + `to_npz_bytes`, beyond the upload's own bytes
-(`max_bytes`): the members (<= `max_uncompressed_bytes`), the image array (<= the same bound:
-a view of the members for a C-ordered .npz, a copy for a Fortran-ordered one or a zip of
-images) and the canonical compressed form (<= about the same again), so at most
-`max_bytes + 3 * max_uncompressed_bytes` (832 MiB at the defaults; a typical upload uses about
-twice its decompressed size). The api runs at most `REGDIFF_MAX_CONCURRENT_UPLOADS` at once.
+(`max_bytes`), measured by tests/models/test_uploads.py: the members (<= U =
+`max_uncompressed_bytes`, read into one buffer each), the image array (a view of the members
+for a C-ordered .npz; one copy, <= U, for a Fortran-ordered one or a zip of images), and the
+canonical form's encoding (numpy's write chunks, 2 x min(array, 16 MiB), and the compressed
+output twice). So at most `max_bytes + 4 U + 32 MiB` (1.1 GiB at the defaults, reached only by
+incompressible data; a typical upload needs about twice its decompressed size). The api parses
+at most `REGDIFF_MAX_CONCURRENT_UPLOADS` uploads at once per process.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def describe(data: ImageSet) -> dict[str, int | None]:
 # ---- archives: bounded reading -------------------------------------------------------------
 
 
-def _read_archive(filename: str, data: bytes, limits: UploadLimits, max_members: int) -> dict[str, bytes]:
+def _read_archive(filename: str, data: bytes, limits: UploadLimits, max_members: int) -> dict[str, bytearray]:
     """Every file member (skipping folders and macOS metadata) -> its bytes, within the size limits."""
     # An upper bound on the entries zipfile would parse (each starts with this signature): a
     # 64 MiB central directory of empty entries would otherwise be a million ZipInfo objects.
@@ -189,26 +191,32 @@ def _check_declared_sizes(infos: list[zipfile.ZipInfo], limits: UploadLimits) ->
             )
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytes:
-    """Read in chunks, counting actual bytes, so a member lying about its size is stopped too."""
-    out = bytearray()
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytearray:
+    """Into one buffer of the declared size (already checked against the limit), in chunks: no
+    second copy, and a member lying about its size is stopped at its declaration."""
+    out = bytearray(min(budget, info.file_size))
+    size = 0
     try:
         with zf.open(info) as f:
             while chunk := f.read(_CHUNK):
-                out += chunk
-                if len(out) > min(budget, info.file_size):
+                if size + len(chunk) > len(out):
                     raise UploadError(info.filename, "decompresses beyond its declared size or the limit")
+                out[size : size + len(chunk)] = chunk
+                size += len(chunk)
     except (RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, UploadError):
+            raise
         # CRC errors, truncated or corrupt deflate data, a local header that disagrees
         message = f"cannot read this archive member ({exc}); use a plain, unencrypted zip"
         raise UploadError(info.filename, message) from None
-    return bytes(out)
+    del out[size:]  # shorter than declared: shrinks in place
+    return out
 
 
 # ---- .npz ------------------------------------------------------------------------------------
 
 
-def _from_npz(members: dict[str, bytes], limits: UploadLimits) -> ImageSet:
+def _from_npz(members: dict[str, bytearray], limits: UploadLimits) -> ImageSet:
     arrays = {}
     for name, raw in members.items():
         key = name.removesuffix(".npy")
@@ -220,9 +228,9 @@ def _from_npz(members: dict[str, bytes], limits: UploadLimits) -> ImageSet:
     return ImageSet(_as_nhwc(arrays["images"]), _as_labels(arrays.get("labels")))
 
 
-def _load_array(name: str, raw: bytes, limits: UploadLimits) -> np.ndarray:
+def _load_array(name: str, raw: bytearray, limits: UploadLimits) -> np.ndarray:
     """A .npy member -> an array viewing `raw`, after its header passed every check (no allocation)."""
-    stream = io.BytesIO(raw)
+    stream = io.BytesIO(raw[:_NPY_HEADER_BYTES])  # BytesIO copies a bytearray: only the header
     try:
         version = np.lib.format.read_magic(stream)
         if version not in _NPY_READERS:
@@ -255,6 +263,7 @@ def _check_dtype(name: str, dtype: np.dtype) -> None:
         raise UploadError(name, f"dtype {dtype}; allowed: uint8 images, integer labels")
 
 
+_NPY_HEADER_BYTES = 16 << 10  # numpy itself refuses headers over 10,000 bytes
 _NPY_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -281,7 +290,7 @@ def _as_labels(labels: np.ndarray | None) -> np.ndarray | None:
 # ---- .zip of images --------------------------------------------------------------------------
 
 
-def _from_images(filename: str, members: dict[str, bytes], limits: UploadLimits) -> ImageSet:
+def _from_images(filename: str, members: dict[str, bytearray], limits: UploadLimits) -> ImageSet:
     if len(members) > limits.max_images:  # before decoding any of them
         raise UploadError(filename, f"{len(members):,} files; the limit is {limits.max_images:,} images")
     paths = _strip_wrapper([PurePosixPath(name.replace("\\", "/")) for name in members])
@@ -332,7 +341,7 @@ def _folder_labels(paths: list[PurePosixPath]) -> np.ndarray | None:
     return np.array([index[p.parts[0]] for p in paths], dtype=np.int64)
 
 
-def _decode(name: str, raw: bytes, limits: UploadLimits) -> np.ndarray:
+def _decode(name: str, raw: bytearray, limits: UploadLimits) -> np.ndarray:
     """PNG/JPEG bytes -> uint8 (H, W, C), refusing oversized headers before decoding any pixel."""
     if PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
         raise UploadError(name, f"not an image file; allowed in a .zip: {', '.join(IMAGE_EXTENSIONS)}")
