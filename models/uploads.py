@@ -35,6 +35,7 @@ import hashlib
 import io
 import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -153,7 +154,8 @@ def _read_archive(filename: str, data: bytes, limits: UploadLimits, max_members:
             return members
     except UploadError:
         raise
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:  # a corrupt central directory
+    except (zipfile.BadZipFile, NotImplementedError, ValueError, EOFError, OSError) as exc:
+        # a corrupt central directory, or one asking for a zip version this reader lacks
         suffix = PurePosixPath(filename).suffix
         raise UploadError(filename, f"not a valid {suffix} archive ({exc})") from None
 
@@ -203,10 +205,10 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> byt
                     raise UploadError(info.filename, "decompresses beyond its declared size or the limit")
                 out[size : size + len(chunk)] = chunk
                 size += len(chunk)
-    except (RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         if isinstance(exc, UploadError):
             raise
-        # CRC errors, truncated or corrupt deflate data, a local header that disagrees
+        # CRC errors, truncated or corrupt deflate data (zlib.error), a local header that disagrees
         message = f"cannot read this archive member ({exc}); use a plain, unencrypted zip"
         raise UploadError(info.filename, message) from None
     del out[size:]  # shorter than declared: shrinks in place
