@@ -140,9 +140,10 @@ def _read_archive(filename: str, data: bytes, limits: UploadLimits, max_members:
         raise UploadError(filename, f"more than {max_members:,} archive members; the limit is {max_members:,}")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for info in zf.infolist():
+                _check_member_name(info.filename)  # first: an empty name breaks ZipInfo.is_dir
             infos = [i for i in zf.infolist() if not i.is_dir()]
             for info in infos:
-                _check_member_name(info.filename)
                 _check_method(info)
             infos = [i for i in infos if not _is_junk(i.filename)]
             _check_declared_sizes(infos, limits)
@@ -169,8 +170,9 @@ def _is_junk(name: str) -> bool:
 def _check_member_name(name: str) -> None:
     parts = name.replace("\\", "/").split("/")
     absolute = name.startswith(("/", "\\")) or name[1:2] == ":"  # /x, \\x, C:x
-    if absolute or ".." in parts or "\0" in name:
-        raise UploadError(name, "unsafe path (absolute or with '..'); allowed: plain relative names")
+    if absolute or ".." in parts or "\0" in name or not name:
+        raise UploadError(name or "(empty name)", "unsafe path (empty, absolute or with '..'); allowed: plain"
+                          " relative names")
 
 
 def _check_method(info: zipfile.ZipInfo) -> None:
