@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from api.errors import KINDS, PROBLEMS_PATH, not_found, phrase
 
-router = APIRouter(prefix=PROBLEMS_PATH, tags=["problems"])
+router = APIRouter(prefix=PROBLEMS_PATH, include_in_schema=False)  # pages about the api, not operations
 
 
 @router.get("")
