@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,8 @@ from starlette.types import Scope
 from api import errors
 from api.deps.auth import DEFAULT_TENANT
 from api.deps.rate_limit import rate_limited
-from api.routers import catalog, checkpoints, datasets, health, runs, samples, sweeps
+from api.request_id import RequestIdMiddleware, log_with_request_ids
+from api.routers import catalog, checkpoints, datasets, health, problems, runs, samples, sweeps
 from api.security import BodyLimitMiddleware, NulInUrlMiddleware, RateLimiter, SecurityHeadersMiddleware
 from store.settings import Settings, get_settings, is_loopback
 
@@ -31,18 +33,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     errors.install(app)
+    log_with_request_ids(logging.getLogger("api"))
     app.include_router(health.router)
+    app.include_router(problems.router)
     # Every /v1 route: the caller's key is checked (when keys are on) and spends a rate-limit token.
     for module in (catalog, runs, samples, checkpoints, datasets, sweeps):
         app.include_router(module.router, dependencies=[Depends(rate_limited)])
     app.state.settings = settings
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.state.upload_slots = threading.BoundedSemaphore(settings.max_concurrent_uploads)
     _install_middleware(app, settings)
     return app
 
 
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
-    """Outermost last: security headers wrap everything (413s and CORS answers included)."""
+    """Outermost last: request ids and security headers wrap everything (413s and CORS answers included)."""
 
     def body_limit(scope: Scope) -> int:
         upload = (scope["method"], scope["path"].rstrip("/")) in UPLOAD_ROUTES
@@ -59,6 +64,7 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
             expose_headers=["Retry-After", "Idempotent-Replayed"], max_age=600,
         )
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(RequestIdMiddleware)
 
 
 @asynccontextmanager

@@ -22,19 +22,17 @@ from dataclasses import dataclass
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import problem_body
+
 PROBLEM = b"application/problem+json"
 DOCS_PATHS = ("/docs", "/redoc")  # Swagger UI and ReDoc load their scripts from a CDN
 # Nothing may load, frame or be framed: the api serves JSON and images, never HTML (docs aside).
 STRICT_CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 
-def _problem_body(status: int, title: str, detail: str) -> bytes:
-    return json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
-
-
-async def send_problem(send: Send, status: int, title: str, detail: str,
-                       headers: list[tuple[bytes, bytes]] = ()) -> None:
-    body = _problem_body(status, title, detail)
+async def send_problem(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """A problem+json answer from a middleware, before (or instead of) the app."""
+    body = json.dumps(problem_body(status, detail)).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", PROBLEM), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
@@ -60,11 +58,11 @@ class BodyLimitMiddleware:
         limit = self.limit_for(scope)
         declared = _content_length(scope)
         if declared == -1:
-            return await send_problem(send, 400, "Bad Request", "invalid Content-Length header",
+            return await send_problem(send, 400, "invalid Content-Length header",
                                       [(b"connection", b"close")])
         if declared is not None and declared > limit:
             # Refused before a byte of the body is read; closing spares the server draining it.
-            return await send_problem(send, 413, "Content Too Large", BodyTooLarge(limit).detail,
+            return await send_problem(send, 413, BodyTooLarge(limit).detail,
                                       [(b"connection", b"close")])
         received = 0
         started = False
@@ -88,7 +86,7 @@ class BodyLimitMiddleware:
         except BodyTooLarge as exc:  # raised where no exception handler turned it into a response
             if started:
                 raise
-            await send_problem(send, 413, "Content Too Large", exc.detail, [(b"connection", b"close")])
+            await send_problem(send, 413, exc.detail, [(b"connection", b"close")])
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -112,7 +110,7 @@ class NulInUrlMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]):
-            return await send_problem(send, 400, "Bad Request", "the URL holds a NUL character (%00)")
+            return await send_problem(send, 400, "the URL holds a NUL character (%00)")
         await self.app(scope, receive, send)
 
 

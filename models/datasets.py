@@ -132,7 +132,8 @@ def check_available(name: str, data_dir: Path | None) -> None:
     missing = [f for f in source.files if not (folder / f).is_file()]
     if missing:
         raise DatasetUnavailable(
-            f"dataset {name!r} is not on this machine: {folder} lacks {', '.join(missing)}."
+            # <data_dir>, not the absolute folder: this message reaches api clients
+            f"dataset {name!r} is not on this machine: <data_dir>/{source.folder} lacks {', '.join(missing)}."
             f" Put {source.source} there (files: {', '.join(source.files)}), or load once with"
             " allow_download=True on a machine with internet access"
         )

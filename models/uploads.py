@@ -1,18 +1,41 @@
 """Safe parsing of user-uploaded datasets into an `ImageSet`, and their canonical storage form.
 
-Uploads come from strangers, so nothing here trusts them: arrays are read with
-`allow_pickle=False` (a pickle in an .npz would run code), archives are bounded by their
-declared and their actual decompressed size (zip bombs), images by their header size before
-any pixel is decoded (decompression bombs), and member names are checked although nothing is
-ever written to disk (path traversal is a sign of a hostile archive). Every refusal is an
-`UploadError` naming the file and the allowed values, which the api turns into a 422.
+Uploads come from strangers, so nothing here trusts them, and every bound is checked on a
+header before the memory it describes is allocated:
+
+1. the zip central directory: at most `max_members` entries (counted on the raw bytes, before
+   `zipfile` builds an object per entry), stored or deflated only (bzip2/lzma reach ratios no
+   real dataset needs), no encryption, declared sizes within `max_uncompressed_bytes` together;
+2. each member is then read in chunks, counting actual bytes, so one lying about its size stops
+   at its declaration (overlapping entries and bombs included);
+3. a `.npy` header (shape, dtype, order) is parsed with numpy's header reader and checked
+   (a plain uint8/integer dtype, never an object dtype, so nothing is unpickled; non-negative
+   dimensions; declared bytes within the limit and equal to the bytes present) before the array
+   is made — as a view of the member's bytes, not a copy;
+4. a PNG/JPEG header's dimensions are checked (at most `max_image_size` per side) before any
+   pixel is decoded, with Pillow's own bomb check as a second line.
+
+Member names are checked although nothing is ever written to disk (path traversal is a sign of
+a hostile archive). Every refusal is an `UploadError` naming the file and the allowed values,
+which the api turns into a 422.
+
+Peak memory of one `parse_upload` + `to_npz_bytes`, beyond the upload's own bytes
+(`max_bytes`), measured by tests/models/test_uploads.py: the members (<= U =
+`max_uncompressed_bytes`, read into one buffer each), the image array (a view of the members
+for a C-ordered .npz; one copy, <= U, for a Fortran-ordered one or a zip of images), and the
+canonical form's encoding (numpy's write chunks, 2 x min(array, 16 MiB), and the compressed
+output twice). So at most `max_bytes + 4 U + 32 MiB` (1.1 GiB at the defaults, reached only by
+incompressible data; a typical upload needs about twice its decompressed size). The api parses
+at most `REGDIFF_MAX_CONCURRENT_UPLOADS` uploads at once per process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -26,6 +49,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 UPLOAD_EXTENSIONS = (".npz", ".zip")
 NPZ_ARRAYS = ("images", "labels")
 _CHUNK = 1 << 20
+_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
+_CENTRAL_ENTRY = b"PK\x01\x02"  # the signature that starts every central directory entry
+_NPZ_MAX_MEMBERS = 16  # 'images' and 'labels'; a little room so extra names get a clear message
+_ZIP_EXTRA_MEMBERS = 1000  # folders and macOS metadata next to the images
 # Pillow modes we accept, and what they become: palette PNGs are common, 1-bit is grey, and
 # matplotlib saves opaque RGBA (alpha is dropped only when every pixel is opaque).
 _MODES = {"L": "L", "1": "L", "LA": "L", "RGB": "RGB", "P": "RGB", "RGBA": "RGB"}
@@ -66,10 +93,11 @@ def parse_upload(filename: str, data: bytes, limits: UploadLimits = UploadLimits
             f"unknown file type {suffix or '(none)'!r}; allowed: .npz (arrays 'images', optional 'labels')"
             " or .zip (PNG/JPEG images, optionally one folder per class)",
         )
-    members = _read_archive(filename, data, limits)
+    max_members = _NPZ_MAX_MEMBERS if suffix == ".npz" else limits.max_images + _ZIP_EXTRA_MEMBERS
+    members = _read_archive(filename, data, limits, max_members)
     if not members:
         raise UploadError(filename, "the archive is empty; allowed: arrays 'images' (+ 'labels'), or images")
-    data_set = _from_npz(members) if suffix == ".npz" else _from_images(filename, members, limits)
+    data_set = _from_npz(members, limits) if suffix == ".npz" else _from_images(filename, members, limits)
     _check_set(filename, data_set, limits)
     return data_set
 
@@ -104,13 +132,19 @@ def describe(data: ImageSet) -> dict[str, int | None]:
 # ---- archives: bounded reading -------------------------------------------------------------
 
 
-def _read_archive(filename: str, data: bytes, limits: UploadLimits) -> dict[str, bytes]:
+def _read_archive(filename: str, data: bytes, limits: UploadLimits, max_members: int) -> dict[str, bytearray]:
     """Every file member (skipping folders and macOS metadata) -> its bytes, within the size limits."""
+    # An upper bound on the entries zipfile would parse (each starts with this signature): a
+    # 64 MiB central directory of empty entries would otherwise be a million ZipInfo objects.
+    if data.count(_CENTRAL_ENTRY) > max_members:
+        raise UploadError(filename, f"more than {max_members:,} archive members; the limit is {max_members:,}")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for info in zf.infolist():
+                _check_member_name(info.filename)  # first: an empty name breaks ZipInfo.is_dir
             infos = [i for i in zf.infolist() if not i.is_dir()]
             for info in infos:
-                _check_member_name(info.filename)
+                _check_method(info)
             infos = [i for i in infos if not _is_junk(i.filename)]
             _check_declared_sizes(infos, limits)
             budget = limits.max_uncompressed_bytes
@@ -119,7 +153,10 @@ def _read_archive(filename: str, data: bytes, limits: UploadLimits) -> dict[str,
                 members[info.filename] = _read_member(zf, info, budget)
                 budget -= len(members[info.filename])
             return members
-    except zipfile.BadZipFile as exc:
+    except UploadError:
+        raise
+    except (zipfile.BadZipFile, NotImplementedError, ValueError, EOFError, OSError) as exc:
+        # a corrupt central directory, or one asking for a zip version this reader lacks
         suffix = PurePosixPath(filename).suffix
         raise UploadError(filename, f"not a valid {suffix} archive ({exc})") from None
 
@@ -133,8 +170,17 @@ def _is_junk(name: str) -> bool:
 def _check_member_name(name: str) -> None:
     parts = name.replace("\\", "/").split("/")
     absolute = name.startswith(("/", "\\")) or name[1:2] == ":"  # /x, \\x, C:x
-    if absolute or ".." in parts or "\0" in name:
-        raise UploadError(name, "unsafe path (absolute or with '..'); allowed: plain relative names")
+    if absolute or ".." in parts or "\0" in name or not name:
+        raise UploadError(name or "(empty name)", "unsafe path (empty, absolute or with '..'); allowed: plain"
+                          " relative names")
+
+
+def _check_method(info: zipfile.ZipInfo) -> None:
+    if info.flag_bits & 0x1:
+        raise UploadError(info.filename, "encrypted archive member; use a plain, unencrypted zip")
+    if info.compress_type not in _ZIP_METHODS:
+        raise UploadError(info.filename, f"compression method {info.compress_type}; allowed:"
+                          f" {', '.join(_ZIP_METHODS.values())} (what np.savez and every zip tool write)")
 
 
 def _check_declared_sizes(infos: list[zipfile.ZipInfo], limits: UploadLimits) -> None:
@@ -149,47 +195,80 @@ def _check_declared_sizes(infos: list[zipfile.ZipInfo], limits: UploadLimits) ->
             )
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytes:
-    """Read in chunks, counting actual bytes, so a member lying about its size is stopped too."""
-    out = bytearray()
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytearray:
+    """Into one buffer of the declared size (already checked against the limit), in chunks: no
+    second copy, and a member lying about its size is stopped at its declaration."""
+    out = bytearray(min(budget, info.file_size))
+    size = 0
     try:
         with zf.open(info) as f:
             while chunk := f.read(_CHUNK):
-                out += chunk
-                if len(out) > min(budget, info.file_size):
+                if size + len(chunk) > len(out):
                     raise UploadError(info.filename, "decompresses beyond its declared size or the limit")
-    except (RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        # encrypted members, unknown compression methods, CRC errors, truncated data
+                out[size : size + len(chunk)] = chunk
+                size += len(chunk)
+    except (RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, UploadError):
+            raise
+        # CRC errors, truncated or corrupt deflate data (zlib.error), a local header that disagrees
         message = f"cannot read this archive member ({exc}); use a plain, unencrypted zip"
         raise UploadError(info.filename, message) from None
-    return bytes(out)
+    del out[size:]  # shorter than declared: shrinks in place
+    return out
 
 
 # ---- .npz ------------------------------------------------------------------------------------
 
 
-def _from_npz(members: dict[str, bytes]) -> ImageSet:
+def _from_npz(members: dict[str, bytearray], limits: UploadLimits) -> ImageSet:
     arrays = {}
     for name, raw in members.items():
         key = name.removesuffix(".npy")
         if key not in NPZ_ARRAYS:
             raise UploadError(name, f"unexpected array {key!r}; allowed: {', '.join(NPZ_ARRAYS)}")
-        arrays[key] = _load_array(name, raw)
+        arrays[key] = _load_array(name, raw, limits)
     if "images" not in arrays:
         raise UploadError("images.npy", "no 'images' array; save with np.savez(f, images=..., labels=...)")
     return ImageSet(_as_nhwc(arrays["images"]), _as_labels(arrays.get("labels")))
 
 
-def _load_array(name: str, raw: bytes) -> np.ndarray:
+def _load_array(name: str, raw: bytearray, limits: UploadLimits) -> np.ndarray:
+    """A .npy member -> an array viewing `raw`, after its header passed every check (no allocation)."""
+    stream = io.BytesIO(raw[:_NPY_HEADER_BYTES])  # BytesIO copies a bytearray: only the header
     try:
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            message = "holds Python objects (a pickle), which are never loaded; save plain uint8/int arrays"
-            raise UploadError(name, message) from None
-        raise UploadError(name, f"not a valid .npy array ({exc})") from None
-    except (OSError, EOFError) as exc:
-        raise UploadError(name, f"not a valid .npy array ({exc})") from None
+        version = np.lib.format.read_magic(stream)
+        if version not in _NPY_READERS:
+            raise ValueError(f"format version {version[0]}.{version[1]}; allowed: 1.0, 2.0")
+        shape, fortran_order, dtype = _NPY_READERS[version](stream)
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as exc:
+        raise UploadError(name, f"not a valid .npy array ({exc}); save with np.savez") from None
+    _check_dtype(name, dtype)
+    if any(dim < 0 for dim in shape):
+        raise UploadError(name, f"shape {shape}; allowed: non-negative dimensions, (N, H, W[, C]) or (N,)")
+    count = math.prod(shape)  # Python ints: no overflow, whatever the header says
+    declared = count * dtype.itemsize
+    if declared > limits.max_uncompressed_bytes:
+        raise UploadError(name, f"shape {shape} of {dtype} is {declared:,} bytes; the limit is"
+                          f" {limits.max_uncompressed_bytes:,}")
+    present = len(raw) - stream.tell()
+    if present != declared:
+        raise UploadError(name, f"the header declares {declared:,} bytes of data (shape {shape}, {dtype})"
+                          f" but {present:,} follow; the file is truncated or corrupt")
+    array = np.frombuffer(raw, dtype=dtype, count=count, offset=stream.tell())
+    return array.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _check_dtype(name: str, dtype: np.dtype) -> None:
+    """Plain numbers only (the arrays' own checks then ask for uint8 images, integer labels): an
+    object dtype would need unpickling, which never happens here."""
+    if dtype.hasobject:
+        raise UploadError(name, "holds Python objects (a pickle), which are never loaded; save plain uint8/int arrays")
+    if dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
+        raise UploadError(name, f"dtype {dtype}; allowed: uint8 images, integer labels")
+
+
+_NPY_HEADER_BYTES = 16 << 10  # numpy itself refuses headers over 10,000 bytes
+_NPY_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def _as_nhwc(images: np.ndarray) -> np.ndarray:
@@ -215,7 +294,7 @@ def _as_labels(labels: np.ndarray | None) -> np.ndarray | None:
 # ---- .zip of images --------------------------------------------------------------------------
 
 
-def _from_images(filename: str, members: dict[str, bytes], limits: UploadLimits) -> ImageSet:
+def _from_images(filename: str, members: dict[str, bytearray], limits: UploadLimits) -> ImageSet:
     if len(members) > limits.max_images:  # before decoding any of them
         raise UploadError(filename, f"{len(members):,} files; the limit is {limits.max_images:,} images")
     paths = _strip_wrapper([PurePosixPath(name.replace("\\", "/")) for name in members])
@@ -266,7 +345,7 @@ def _folder_labels(paths: list[PurePosixPath]) -> np.ndarray | None:
     return np.array([index[p.parts[0]] for p in paths], dtype=np.int64)
 
 
-def _decode(name: str, raw: bytes, limits: UploadLimits) -> np.ndarray:
+def _decode(name: str, raw: bytearray, limits: UploadLimits) -> np.ndarray:
     """PNG/JPEG bytes -> uint8 (H, W, C), refusing oversized headers before decoding any pixel."""
     if PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
         raise UploadError(name, f"not an image file; allowed in a .zip: {', '.join(IMAGE_EXTENSIONS)}")

@@ -26,7 +26,7 @@ def unavailable_reason(name: str, settings: Settings) -> str | None:
     try:
         datasets.check_available(name, settings.resolved_data_dir)
     except datasets.DatasetUnavailable as exc:
-        return f"{exc} (REGDIFF_DATA_DIR={settings.resolved_data_dir})"
+        return f"{exc} (<data_dir> is this server's REGDIFF_DATA_DIR)"  # never its absolute path
     return None
 
 
@@ -42,13 +42,14 @@ def check_filename(filename: str) -> None:
     if not filename or "/" in filename or "\\" in filename or "\0" in filename or filename in (".", ".."):
         raise Problem(422, "Invalid upload", f"{filename!r}: unsafe or empty file name; allowed: a plain name"
                       " ending in .npz or .zip", errors=[{"field": "file", "file": filename,
-                                                          "message": "unsafe or empty file name"}])
+                                                          "message": "unsafe or empty file name"}],
+                      code="invalid-upload")
 
 
 def too_large(filename: str, limit: int) -> Problem:
     message = f"the upload is larger than {limit:,} bytes (REGDIFF_MAX_UPLOAD_BYTES)"
     return Problem(413, "Content Too Large", f"{filename}: {message}",
-                   errors=[{"field": "file", "file": filename, "message": message}])
+                   errors=[{"field": "file", "file": filename, "message": message}], code="payload-too-large")
 
 
 def _limits(settings: Settings) -> uploads.UploadLimits:
@@ -63,16 +64,20 @@ def _refused(filename: str, exc: uploads.UploadError) -> Problem:
     """422 naming the upload and, inside an archive, the member at fault."""
     where = filename if exc.file == filename else f"{filename}: {exc.file}"
     return Problem(422, "Invalid upload", f"{where}: {exc.message}",
-                   errors=[{"field": "file", "file": exc.file, "message": exc.message}])
+                   errors=[{"field": "file", "file": exc.file, "message": exc.message}], code="invalid-upload")
 
 
 def upload(session: Session, settings: Settings, tenant: str, *, filename: str, raw: bytes,
            name: str | None) -> tuple[Dataset, bool]:
-    """Parse, canonicalise and store an upload (committed); returns (dataset, created)."""
+    """Parse, canonicalise and store an upload (committed); returns (dataset, created).
+
+    The raw bytes are dropped once parsed (pass them as an expression, keep no reference), so
+    at most the parsed arrays and their canonical form are held while storing."""
     try:
         data = uploads.parse_upload(filename, raw, _limits(settings))
     except uploads.UploadError as exc:
         raise _refused(filename, exc) from None
+    del raw
     canonical = uploads.to_npz_bytes(data)
     info = {**uploads.describe(data), "size_bytes": len(canonical), "filename": filename}
     dataset, created = stored.create_dataset(session=session, tenant=tenant, name=name or Path(filename).stem[:255],

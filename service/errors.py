@@ -8,18 +8,79 @@ which is why it is carried here rather than re-derived from a table of exception
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from models.spec import FieldError
 
+PROBLEMS_PATH = "/problems"
+
+
+@dataclass(frozen=True)
+class ProblemKind:
+    """One distinct situation a client may want to tell apart: its `code` is stable (clients
+    branch on it), its `type` is `/problems/<code>`, a page there says what it means."""
+
+    code: str
+    status: int
+    meaning: str
+
+    @property
+    def type(self) -> str:
+        return f"{PROBLEMS_PATH}/{self.code}"
+
+
+KINDS: dict[str, ProblemKind] = {kind.code: kind for kind in (
+    ProblemKind("bad-request", 400, "The request cannot be read: a malformed header, a NUL character in the"
+                " URL or a value that cannot be stored. Fix the request; retrying it as is will fail again."),
+    ProblemKind("unauthorized", 401, "No API key, or an unknown or revoked one. Send"
+                " 'Authorization: Bearer <key>'; keys are made with `regdiff-admin keys create`."),
+    ProblemKind("not-found", 404, "No such resource for this tenant (another tenant's resources are"
+                " reported exactly like missing ones), or no such path."),
+    ProblemKind("method-not-allowed", 405, "The path exists but not with this HTTP method."),
+    ProblemKind("conflict", 409, "The resource is not in a state that allows this (e.g. a finished run"
+                " cannot be cancelled, a run without a checkpoint cannot be sampled)."),
+    ProblemKind("payload-too-large", 413, "The request body, or the uploaded file, is over the server's"
+                " limit (REGDIFF_MAX_BODY_BYTES, REGDIFF_MAX_UPLOAD_BYTES)."),
+    ProblemKind("validation", 422, "A field has a value that is not allowed; `errors` lists each field at"
+                " fault with the allowed values."),
+    ProblemKind("invalid-upload", 422, "The uploaded dataset was refused: `errors[].file` names the upload"
+                " or the archive member at fault and says what is allowed."),
+    ProblemKind("idempotency-key-reused", 422, "This Idempotency-Key was used before with a different"
+                " request body; use a new key for a new request."),
+    ProblemKind("rate-limited", 429, "Too many requests for this key (or address) per minute; retry after"
+                " the Retry-After header's seconds."),
+    ProblemKind("quota-exceeded", 429, "This tenant has as many queued runs as the server allows"
+                " (REGDIFF_MAX_QUEUED_RUNS); retry once some have started, or cancel some."),
+    ProblemKind("internal", 500, "An unexpected server error; it has been logged with the request_id,"
+                " which is what to quote when reporting it."),
+    ProblemKind("unavailable", 503, "The server cannot answer now (starting, or a dependency is down);"
+                " retry later."),
+    ProblemKind("uploads-busy", 503, "The server is parsing as many uploads as it allows at once"
+                " (REGDIFF_MAX_CONCURRENT_UPLOADS); retry after the Retry-After header's seconds."),
+)}
+_DEFAULT_CODE = {kind.status: kind.code for kind in reversed(KINDS.values())}  # the first kind per status
+
 
 class Problem(Exception):
-    """Raise from a service or a route: becomes a problem+json response."""
+    """Raise from a service or a route: api/errors.py turns it into a problem+json response.
 
-    def __init__(self, status: int, title: str, detail: str = "", *, errors: list[dict[str, str]] | None = None,
-                 headers: dict[str, str] | None = None):
+    `code` picks the kind (a key of KINDS; by default the usual one for `status`). `title` is the
+    route's own short label, the detail when none is given; the body's `title` is always the
+    HTTP phrase, so a client never parses it."""
+
+    def __init__(self, status: int, title: str = "", detail: str = "", *,
+                 errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None,
+                 code: str | None = None):
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.errors, self.headers = status, title, detail, errors, headers
+        self.code = code or default_code(status)
+        if self.code not in KINDS:
+            raise ValueError(f"unknown problem code {self.code!r}; add it to service.errors.KINDS")
+
+
+def default_code(status: int) -> str:
+    return _DEFAULT_CODE.get(status, "internal" if status >= 500 else "bad-request")
 
 
 def detail_of(errors: list[dict[str, str]]) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from models import checkpoint, datasets
-from models.spec import RunSpec
+from models.spec import FieldError, RunSpec
 from service.errors import Problem, invalid_fields
 from store import datasets as stored_datasets
 from store import quotas, runs
@@ -42,10 +42,21 @@ def check_spec(session: Session, settings: Settings, tenant: str, spec: RunSpec)
         # Another tenant's checkpoint is "no checkpoint", exactly like a missing one.
         errors.append({"field": "init_from", "message": f"no checkpoint {spec.init_from!r}; list a run's"
                        " checkpoints at /v1/runs/{id}/checkpoints"})
-    elif source and (mismatch := checkpoint.model_mismatch(checkpoint.read_metadata(source.data), spec)):
+    elif source and (mismatch := _model_mismatch(source.data, spec)):
         errors.append({"field": mismatch.field, "message": str(mismatch)})
     if errors:
         raise invalid_fields(errors)
+
+
+def _model_mismatch(data: bytes, spec: RunSpec) -> FieldError | None:
+    """Why init_from's model cannot seed this spec's, or None. A stored checkpoint whose header
+    cannot be read (bytes gone bad) is not the client's fault: the run is accepted and the worker
+    fails it with a stored error, rather than this request with a 500."""
+    try:
+        metadata = checkpoint.read_metadata(data)
+    except ValueError:
+        return None
+    return checkpoint.model_mismatch(metadata, spec)
 
 
 def check_run_quota(session: Session, settings: Settings, tenant: str, *, new_runs: int = 1,
@@ -64,7 +75,7 @@ def check_run_quota(session: Session, settings: Settings, tenant: str, *, new_ru
             f"{queued} runs of this tenant are queued and {new_runs} more would pass the quota of"
             f" {settings.max_queued_runs} (REGDIFF_MAX_QUEUED_RUNS); retry once some have started,"
             " or cancel some",
-            headers={"Retry-After": str(QUEUE_RETRY_AFTER_SECONDS)},
+            headers={"Retry-After": str(QUEUE_RETRY_AFTER_SECONDS)}, code="quota-exceeded",
         )
 
 

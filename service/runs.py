@@ -29,7 +29,8 @@ def check_against_server(session: Session, settings: Settings, tenant: str, spec
 
 def idempotency_reused(what: str) -> Problem:
     return Problem(422, "Idempotency-Key reused", f"this Idempotency-Key was used for {what} with another"
-                   " request body", errors=[{"field": "Idempotency-Key", "message": "reused with another body"}])
+                   " request body", errors=[{"field": "Idempotency-Key", "message": "reused with another body"}],
+                   code="idempotency-key-reused")
 
 
 def enqueue_all(run_ids: list[str]) -> None:

@@ -120,7 +120,8 @@ def _in_sweep(problem: Problem, vary: dict[str, list[Any]]) -> Problem:
 
     errors = [{**e, "field": where(e["field"])} for e in problem.errors or []]
     detail = detail_of(errors) or problem.detail
-    return Problem(problem.status, problem.title, detail, errors=errors or None, headers=problem.headers)
+    return Problem(problem.status, problem.title, detail, errors=errors or None, headers=problem.headers,
+                   code=problem.code)
 
 
 def _check_against_server(session: Session, settings: Settings, tenant: str, specs: list[RunSpec],

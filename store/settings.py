@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     max_upload_images: int = Field(100_000, ge=1, description="most images in one dataset upload")
     max_upload_uncompressed_bytes: int = Field(
         256 << 20, ge=1, description="an upload's archive members together, decompressed (zip bombs)")
+    max_concurrent_uploads: int = Field(
+        2, ge=1, description="uploads parsed at once per api process (each up to max_upload_bytes +"
+        " 4 x max_upload_uncompressed_bytes + 32 MiB of memory); more answer 503 uploads-busy")
     upload_channels: tuple[int, ...] = Field((1, 3), description="channel counts an upload may have")
     max_sweep_points: int = Field(32, ge=1, description="most runs one sweep may create")
 

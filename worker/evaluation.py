@@ -32,6 +32,7 @@ from store import datasets as stored
 from store import runs
 from store.db import session_scope
 from store.settings import get_settings
+from worker import errors
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +144,11 @@ def evaluate_final(run_id: str, spec: RunSpec, state: bytes, data: ImageSet, *, 
         t3 = time.monotonic()
     except Exception as exc:  # reported on the run, never fatal to it
         log.exception("run %s: evaluation failed", run_id)
-        message = f"{type(exc).__name__}: {exc}"
+        error = errors.user_error(exc)
         with session_scope() as session:
             runs.add_event(session=session, run_id=run_id, type="evaluation", level="warning",
-                           message=f"evaluation failed: {message}")
-        return {"error": message}
+                           message=f"evaluation failed: {error}")
+        return {"error": str(error), "code": error.code}
     result["sampler"] = {"name": "ddim", "steps": spec.evaluation.steps, "eta": 0.0, "seed": spec.evaluation.seed}
     result["classifier"] = classifier
     result["seconds"] = {"sampling": round(t1 - t0, 3), "classifier": round(t2 - t1, 3),

@@ -16,6 +16,7 @@ from store import samples as stored
 from store.db import session_scope
 from store.settings import get_settings
 from store.tables import SampleJob
+from worker import errors
 from worker.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def run_sampling(sample_id: str, *, owner: str) -> None:
             _sample(sample_id, lease)
     except Exception as exc:
         log.exception("sample job %s failed", sample_id)
-        _finish(sample_id, lease, status="failed", error=f"{type(exc).__name__}: {exc}")
+        _finish(sample_id, lease, status="failed", error=str(errors.user_error(exc)))
 
 
 def _sample(sample_id: str, lease: leases.Lease) -> None:

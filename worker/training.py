@@ -22,6 +22,7 @@ from store import samples as stored_samples
 from store.db import session_scope
 from store.settings import get_settings
 from store.tables import Run, as_utc
+from worker import errors
 from worker.data import load_images
 from worker.evaluation import evaluate_final
 from worker.heartbeat import Heartbeat
@@ -45,8 +46,7 @@ def run_training(run_id: str, *, owner: str) -> None:
         return
     lease = leases.Lease(owner, claim.epoch)
     if claim.attempts > settings.max_attempts:
-        _finish(run_id, lease, "failed",
-                f"gave up after {settings.max_attempts} attempts: the worker was lost each time")
+        _finish(run_id, lease, "failed", str(errors.worker_lost(settings.max_attempts)))
         return
     with session_scope() as session:
         runs.set_status(session=session, run_id=run_id, status="running", expect=MINE, lease=lease,
@@ -57,11 +57,11 @@ def run_training(run_id: str, *, owner: str) -> None:
             _train(run_id, lease=lease, beat=beat)
     except leases.LeaseLost:  # another claim owns the run now: every further write would be refused
         log.warning("run %s: lease epoch %d lost; stopped without touching the run", run_id, lease.epoch)
-    except NonFiniteLoss as exc:
-        _finish(run_id, lease, "failed", str(exc))
+    except NonFiniteLoss as exc:  # the user's settings, not a fault: no trace in the log
+        _finish(run_id, lease, "failed", str(errors.user_error(exc)))
     except Exception as exc:
         log.exception("run %s failed", run_id)
-        _finish(run_id, lease, "failed", f"{type(exc).__name__}: {exc}")
+        _finish(run_id, lease, "failed", str(errors.user_error(exc)))
 
 
 def _train(run_id: str, *, lease: leases.Lease, beat: Heartbeat) -> None:
@@ -132,7 +132,7 @@ def _stopped(run_id: str, lease: leases.Lease, reason: str | None, step: int, li
     if reason == "cancelled":
         _finish(run_id, lease, "cancelled", f"cancelled at step {step}")
     elif reason == "time_limit":
-        _finish(run_id, lease, "failed", f"time limit of {limit:g} s exceeded at step {step}")
+        _finish(run_id, lease, "failed", str(errors.time_limit(limit, step)))
     else:  # lease lost: another worker owns the run now, leave it alone
         log.warning("run %s: lease lost at step %d; stopping without touching it", run_id, step)
 

@@ -6,9 +6,10 @@ dataset (200 the second time).
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from api.deps.auth import TenantDep
 from api.deps.session import SessionDep, SettingsDep
@@ -16,11 +17,13 @@ from api.errors import PROBLEM_RESPONSES
 from api.schemas import DatasetPublic, DatasetsPublic
 from models import datasets
 from service import datasets as service
+from service.errors import Problem
 from store import datasets as stored
 from store.settings import Settings
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=PROBLEM_RESPONSES)
 _CHUNK = 1 << 20
+UPLOADS_RETRY_AFTER_SECONDS = 5
 
 
 def _builtin(name: str, settings: Settings) -> DatasetPublic:
@@ -50,16 +53,29 @@ def _read_bounded(file: UploadFile, filename: str, limit: int) -> bytes:
 @router.post("", status_code=201, response_model=DatasetPublic)
 def upload_dataset(
     file: Annotated[UploadFile, File(description=".npz (arrays images, optional labels) or .zip of PNG/JPEG")],
+    request: Request,
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
     response: Response,
     name: Annotated[str | None, Form(max_length=255)] = None,
 ) -> DatasetPublic:
+    """A sync route, so FastAPI runs it in its threadpool: parsing never blocks the event loop.
+    At most REGDIFF_MAX_CONCURRENT_UPLOADS are read, parsed and stored at once (each bounded in
+    memory, see models/uploads.py); one more is a 503 `uploads-busy` with Retry-After, not a wait that would
+    hold a thread and the spooled body."""
     filename = file.filename or ""
     service.check_filename(filename)
-    raw = _read_bounded(file, filename, settings.max_upload_bytes)
-    dataset, created = service.upload(session, settings, tenant, filename=filename, raw=raw, name=name)
+    slots: threading.BoundedSemaphore = request.app.state.upload_slots
+    if not slots.acquire(blocking=False):
+        raise Problem(503, detail=f"{settings.max_concurrent_uploads} uploads are being parsed"
+                      " (REGDIFF_MAX_CONCURRENT_UPLOADS); retry shortly", code="uploads-busy",
+                      headers={"Retry-After": str(UPLOADS_RETRY_AFTER_SECONDS)})
+    try:  # the raw bytes go straight into the service, which drops them once parsed
+        dataset, created = service.upload(session, settings, tenant, filename=filename,
+                                          raw=_read_bounded(file, filename, settings.max_upload_bytes), name=name)
+    finally:
+        slots.release()
     if not created:
         response.status_code = 200
     return DatasetPublic.of_upload(dataset)

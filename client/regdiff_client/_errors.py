@@ -15,7 +15,9 @@ class APIError(RegdiffError):
     """An error answer (RFC 9457 problem+json) or a failure to get one.
 
     `errors` keeps the server's list of `{"field", "message"}` dicts; `field` is the first
-    field named, the one a form or a CLI flag should point at.
+    field named, the one a form or a CLI flag should point at. `code` is the server's stable
+    machine-readable kind (e.g. "rate-limited" vs "quota-exceeded", both 429), `type` its URI,
+    `request_id` the id to quote when reporting a failure.
     """
 
     def __init__(
@@ -28,8 +30,10 @@ class APIError(RegdiffError):
         type: str | None = None,
         body: Any = None,
         request_id: str | None = None,
+        code: str | None = None,
     ):
         self.title = title
+        self.code = code
         self.status = status
         self.detail = detail
         self.errors = errors or []
@@ -143,5 +147,6 @@ def error_for(response: httpx.Response) -> APIError:
         errors=[e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else None,
         type=problem.get("type"),
         body=body,
-        request_id=response.headers.get("x-request-id"),
+        request_id=response.headers.get("x-request-id") or problem.get("request_id"),
+        code=problem.get("code"),
     )

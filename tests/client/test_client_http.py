@@ -178,3 +178,13 @@ def test_backoff_doubles_from_half_a_second_with_jitter_up_to_the_cap():
         assert all(0.75 * full <= d <= full for d in delays)
         assert len(set(delays)) > 1  # jittered
     assert policy.delay(10, None) is None  # retries spent
+
+
+def test_problem_code_type_and_request_id_are_exposed(api):
+    body = {"type": "/problems/quota-exceeded", "code": "quota-exceeded", "title": "Too Many Requests",
+            "status": 429, "detail": "3 runs queued", "request_id": "req-42"}
+    api.on("POST", "/v1/runs", Reply(429, json=body, headers={"Content-Type": "application/problem+json"}))
+    with rd.Client(api.url, max_retries=0) as client, pytest.raises(rd.RateLimitError) as info:
+        client.runs.create(spec=SPEC)
+    err = info.value
+    assert (err.code, err.type, err.request_id) == ("quota-exceeded", "/problems/quota-exceeded", "req-42")

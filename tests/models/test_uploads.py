@@ -251,3 +251,99 @@ def test_too_many_files_in_zip_before_decoding() -> None:
     members = {f"{i}.png": b"never decoded" for i in range(4)}
     err = _refused("x.zip", _zip(members), "4 files; the limit is 3", UploadLimits(max_images=3))
     assert err.file == "x.zip"
+
+
+# ---- headers are checked before anything is allocated ---------------------------------------------
+
+
+def npy_with_header(descr: str, shape: tuple, data: bytes, fortran: bool = False) -> bytes:
+    """A .npy file with any header numpy's reader accepts, whatever the data that follows."""
+    header = f"{{'descr': {descr!r}, 'fortran_order': {fortran}, 'shape': {shape!r}, }}"
+    header += " " * (-(10 + len(header) + 1) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode("latin-1") + data
+
+
+def test_a_header_declaring_petabytes_is_refused_before_any_allocation() -> None:
+    huge = _zip({"images.npy": npy_with_header("|u1", (2**40, 64, 64), bytes(64))})
+    err = _refused("x.npz", huge, r"shape \(1099511627776, 64, 64\) of uint8 is 4,503,599,627,370,496 bytes")
+    assert err.file == "images.npy"
+
+
+@pytest.mark.parametrize(("shape", "data", "match"), [
+    ((-1, 8, 8), b"", "non-negative dimensions"),
+    ((3, 8, 8), bytes(100), "declares 192 bytes of data .* but 100 follow"),  # truncated
+    ((1, 8, 8), bytes(65), "declares 64 bytes of data .* but 65 follow"),  # trailing bytes
+])
+def test_npy_headers_that_disagree_with_their_data(shape: tuple, data: bytes, match: str) -> None:
+    _refused("x.npz", _zip({"images.npy": npy_with_header("|u1", shape, data)}), match)
+
+
+@pytest.mark.parametrize("descr", ["<U4", "|V8", "|S3", [("a", "|u1")], "<M8[s]"])
+def test_dtypes_that_are_not_plain_numbers(descr) -> None:
+    _refused("x.npz", _zip({"images.npy": npy_with_header(descr, (1,), bytes(64))}), "allowed: uint8 images")
+
+
+def test_an_object_array_is_refused_without_unpickling(tmp_path) -> None:
+    marker = tmp_path / "unpickled"
+
+    class Evil:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    import pickle
+
+    payload = npy_with_header("|O", (1,), pickle.dumps(np.array([Evil()], dtype=object), protocol=3))
+    _refused("x.npz", _zip({"images.npy": payload}), "a pickle")
+    assert not marker.exists()
+
+
+def test_fortran_ordered_arrays_are_read_in_their_order() -> None:
+    images = np.asfortranarray(RNG.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8))
+    assert np.array_equal(parse_upload("x.npz", _npz(images=images)).images, images)
+
+
+def test_npy_format_3_is_refused() -> None:
+    data = bytearray(npy_with_header("|u1", (1, 8, 8), bytes(64)))
+    data[6] = 3
+    _refused("x.npz", _zip({"images.npy": bytes(data)}), "format version 3.0; allowed: 1.0, 2.0")
+
+
+def test_member_count_is_capped_before_the_central_directory_is_parsed() -> None:
+    npz = _zip({f"a{i}.npy": b"" for i in range(17)})
+    err = _refused("x.npz", npz, "more than 16 archive members")
+    assert err.file == "x.npz"
+    # a zip of images: max_images, plus room for folders and macOS metadata
+    _refused("x.zip", _zip({f"{i}.png": b"" for i in range(1003)}), "more than 1,002 archive members",
+             UploadLimits(max_images=2))
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_compression_methods_beyond_deflate_are_refused(method: int) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as zf:
+        zf.writestr("images.npy", _npz(images=np.zeros((1, 8, 8), np.uint8)))
+    _refused("x.npz", buf.getvalue(), "compression method .*; allowed: stored, deflated")
+
+
+def test_a_member_that_decompresses_past_its_declared_size_stops_there() -> None:
+    data = bytearray(_zip({"images.npy": bytes(10_000)}))
+    central = data.rindex(b"PK\x01\x02")
+    data[central + 24 : central + 28] = struct.pack("<I", 100)  # declares 100 bytes, inflates to 10,000
+    _refused("x.npz", bytes(data), "beyond its declared size|differ|Bad|cannot read")
+
+
+def test_peak_memory_of_a_parse_stays_within_the_stated_bound() -> None:
+    """The module docstring's bound, measured: numpy and Python allocations both count in tracemalloc."""
+    import tracemalloc
+
+    images = RNG.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)  # 3 MiB, incompressible
+    data = _npz(images=np.asfortranarray(images))  # the Fortran order forces the one copy allowed
+    tracemalloc.start()
+    try:
+        canonical = to_npz_bytes(parse_upload("x.npz", data))
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    n = images.nbytes
+    stated = n + n + 2 * min(n, 16 << 20) + 2 * len(canonical)  # members, copy, write chunks, output
+    assert peak <= stated, f"{peak:,} bytes > {stated:,}"

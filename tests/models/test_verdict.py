@@ -129,7 +129,7 @@ def test_best_setting() -> None:
 
 
 def test_pareto_figure_renders() -> None:
-    from api.reports import pareto_png
+    from service.reports import pareto_png
 
     rng = np.random.default_rng(7)
     base = [evaluation(rng, mean=1.0, fcd=100)]

@@ -59,7 +59,11 @@ def test_an_internal_error_is_a_problem_without_a_stack_trace(make_client, caplo
     response = client.get(f"/v1/runs/{run_id}/export")
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/problem+json"
-    assert response.json() == {"type": "about:blank", "title": "Internal Server Error", "status": 500,
-                               "detail": "an unexpected error occurred; it has been logged"}
+    body = response.json()
+    request_id = body.pop("request_id")
+    assert request_id == response.headers["x-request-id"]
+    assert body == {"type": "/problems/internal", "code": "internal", "title": "Internal Server Error",
+                    "status": 500, "detail": "an unexpected error occurred; it has been logged"}
     assert "Traceback" in caplog.text  # the operator gets the trace, in the log only
+    assert [r.request_id for r in caplog.records if r.name == "api.errors"] == [request_id]  # quotable
     assert all(word not in response.text for word in ("Traceback", "File ", ".py", "safetensors"))

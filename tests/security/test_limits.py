@@ -46,6 +46,7 @@ def test_a_declared_oversized_body_is_refused_before_the_route_runs(make_client)
     # cancel reads no body: with Content-Length over the limit it must not even run
     response = client.post(f"/v1/runs/{run_id}/cancel", content=body(), headers={"content-length": str(10**10)})
     assert assert_problem(response, 413)["title"] == "Content Too Large"
+    assert response.json()["code"] == "payload-too-large"
     assert sum(sent) == 0
     assert client.get(f"/v1/runs/{run_id}").json()["status"] == "queued"
 
@@ -187,6 +188,7 @@ def test_the_rate_limit_answers_429_with_retry_after_per_key(make_client):
     assert [client.get("/v1/runs", headers=bearer(key_a)).status_code for _ in range(3)] == [200] * 3
     limited = client.get("/v1/runs", headers=bearer(key_a))
     assert assert_problem(limited, 429)["title"] == "Too Many Requests"
+    assert (limited.json()["code"], limited.json()["type"]) == ("rate-limited", "/problems/rate-limited")
     assert 1 <= int(limited.headers["retry-after"]) <= 10
     assert client.get("/v1/runs", headers=bearer(key_b)).status_code == 200  # another key: its own bucket
     assert client.get("/healthz").status_code == 200  # health checks are never limited
@@ -230,6 +232,8 @@ def test_the_queue_quota_is_a_429_and_replays_still_work(make_client):
     over = client.post("/v1/runs", json=TINY, headers=bearer(key_a))
     problem = assert_problem(over, 429)
     assert "REGDIFF_MAX_QUEUED_RUNS" in problem["detail"] and int(over.headers["retry-after"]) > 0
+    assert (problem["code"], problem["type"], problem["title"]) == ("quota-exceeded", "/problems/quota-exceeded",
+                                                                    "Too Many Requests")  # same status, own code
     replay = client.post("/v1/runs", json=TINY, headers={**bearer(key_a), "Idempotency-Key": "k1"})
     assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
     assert client.post("/v1/runs", json=TINY, headers=bearer(key_b)).status_code == 201  # bob has his own

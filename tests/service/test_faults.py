@@ -73,6 +73,7 @@ def test_non_finite_loss_fails_naming_step_and_term(client):
     done = wait_for(client, client.post("/v1/runs", json=spec).json()["id"])
     assert done["status"] == "failed"
     assert "non-finite penalty loss at step 0" in done["error"]
+    assert done["error"].startswith("non-finite-loss: ")  # the code first, then the message (worker/errors.py)
 
 
 def test_concurrent_posts_with_one_idempotency_key_make_one_run(service, client):
