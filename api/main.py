@@ -10,9 +10,9 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 
-from api import errors
+from api import docs, errors, metrics
 from api.deps import DEFAULT_TENANT, rate_limited
-from api.routers import catalog, checkpoints, datasets, health, runs, samples, sweeps
+from api.routers import catalog, checkpoints, datasets, health, runs, samples, sweeps, ui
 from api.security import BodyLimitMiddleware, NulInUrlMiddleware, RateLimiter, SecurityHeadersMiddleware
 from store.settings import Settings, get_settings, is_loopback
 
@@ -28,14 +28,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description="Train small image diffusion models with an extra loss on the denoised image.",
         lifespan=_lifespan,
+        docs_url=None,  # served offline by api/docs.py
+        redoc_url=None,
     )
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(docs.router)
+    app.include_router(ui.router)
     # Every /v1 route: the caller's key is checked (when keys are on) and spends a rate-limit token.
     for module in (catalog, runs, samples, checkpoints, datasets, sweeps):
         app.include_router(module.router, dependencies=[Depends(rate_limited)])
     app.state.settings = settings
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    metrics.install(app, settings)  # innermost middleware: times the app itself
     _install_middleware(app, settings)
     return app
 
