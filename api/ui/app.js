@@ -126,7 +126,7 @@ function lineChart(title, series, width = 360, height = 200) {
     const points = s.points.filter((p) => Number.isFinite(p[1]))
       .map((p) => px(p[0]).toFixed(1) + "," + py(p[1]).toFixed(1)).join(" ");
     root.append(svg("polyline", { class: "series-" + i, points, "data-series": s.name }));
-    root.append(svg("text", { class: "legend-" + i, x: width - pad.right - 150 + 0, y: 14 + 12 * i }, s.name));
+    root.append(svg("text", { class: "legend-" + i, x: pad.left + 8, y: pad.top + 10 + 12 * i }, s.name));
   });
   return root;
 }
