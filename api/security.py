@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PROBLEM = b"application/problem+json"
 DOCS_PATHS = ("/docs", "/redoc")  # pages that set their own CSP (api/docs.py); their assets may be cached
-# Nothing may load, frame or be framed: the api serves JSON and images; its HTML pages (docs, dashboard) set their own.
+# Nothing may load, frame or be framed: the api serves JSON and images (its HTML pages set their own).
 STRICT_CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 
