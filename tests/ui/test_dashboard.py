@@ -63,10 +63,12 @@ def test_runs_list_and_run_page(visit: Visit, deployment: Deployment, tmp_path: 
     if deployment.key:  # without the key the api's 401 is shown, and no run
         page.wait_for_selector("text=enter an API key", timeout=TIMEOUT_MS)
         assert page.locator(f'a[href="#/runs/{run_id}"]').count() == 0
+        assert all("401" in e for e in visit.errors)  # Chromium logs each refused request
+        visit.errors.clear()
     enter_key(page, deployment)
-    row = page.wait_for_selector(f'a[href="#/runs/{run_id}"]', timeout=TIMEOUT_MS)
+    page.wait_for_selector(f'a[href="#/runs/{run_id}"]', timeout=TIMEOUT_MS)
     assert "succeeded" in page.inner_text("#view")
-    row.click()
+    page.click(f'a[href="#/runs/{run_id}"]')  # re-queried: the list is redrawn every 2 s
 
     # the loss chart: one polyline per series, with a point per logged step (steps 5, 10, 15, 20)
     line = page.wait_for_selector('polyline[data-series="diffusion_loss"]', timeout=TIMEOUT_MS)
