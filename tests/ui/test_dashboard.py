@@ -101,7 +101,7 @@ def test_docs_render_offline(visit: Visit, deployment: Deployment) -> None:
     page.goto(f"{deployment.url}/docs")
     page.wait_for_selector(".swagger-ui .info .title", timeout=TIMEOUT_MS)
     assert "regdiff" in page.inner_text(".swagger-ui .info .title")
-    page.wait_for_selector("text=/v1/runs", timeout=TIMEOUT_MS)
+    page.wait_for_selector(".opblock-summary-path[data-path='/v1/runs/{run_id}']", timeout=TIMEOUT_MS)
     assert visit.errors == []
 
     page.goto(f"{deployment.url}/redoc")
