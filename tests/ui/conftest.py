@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from tests.conftest import TINY_RUN, _start
-from tests.live import Service, wait_for
+from tests.live import Service, free_port, wait_for
 
 CHROMIUM = os.environ.get("REGDIFF_TEST_CHROMIUM", "/usr/bin/chromium")
 
@@ -29,6 +29,7 @@ class Deployment:
     headers: dict[str, str]
     key: str | None
     run: dict
+    worker_metrics_port: int
 
     @property
     def url(self) -> str:
@@ -52,24 +53,26 @@ def create_key(service: Service, tenant: str = "ui-tenant") -> str:
     return key
 
 
-def _deploy(service: Service, key: str | None) -> Deployment:
+def _deploy(service: Service, key: str | None, worker_port: int) -> Deployment:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(base_url=service.url, headers=headers, timeout=30) as client:
         run = client.post("/v1/runs", json=TINY_RUN).raise_for_status().json()
         run = wait_for(client, run["id"])
     assert run["status"] == "succeeded", run
-    return Deployment(service, headers, key, run)
+    return Deployment(service, headers, key, run, worker_port)
 
 
 @pytest.fixture(scope="session", params=["keys-on", "keys-off"])
 def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """keys-on: PostgreSQL + Redis with REGDIFF_AUTH=required; keys-off: the embedded default."""
     keys_on = request.param == "keys-on"
-    services = (_start("postgres-redis", tmp_path_factory, REGDIFF_AUTH="required") if keys_on
-                else _start("embedded", tmp_path_factory))
+    worker_port = free_port()  # the worker's own exporter, on in both
+    services = (_start("postgres-redis", tmp_path_factory, REGDIFF_AUTH="required",
+                       REGDIFF_WORKER_METRICS_PORT=str(worker_port)) if keys_on
+                else _start("embedded", tmp_path_factory, REGDIFF_WORKER_METRICS_PORT=str(worker_port)))
     try:
         service = next(services)
-        yield _deploy(service, create_key(service) if keys_on else None)
+        yield _deploy(service, create_key(service) if keys_on else None, worker_port)
     finally:
         services.close()  # stops the service and drops its database
 

@@ -60,6 +60,20 @@ def test_metrics_after_a_run(deployment: Deployment) -> None:
 
 
 @pytest.mark.service
+def test_worker_exports_its_own_metrics(deployment: Deployment) -> None:
+    """REGDIFF_WORKER_METRICS_PORT: the worker that trained the run counts it on its own port."""
+    text = httpx.get(f"http://127.0.0.1:{deployment.worker_metrics_port}/metrics", timeout=30).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    done = {(s.labels["task"], s.labels["state"]): s.value for s in families["regdiff_worker_tasks"].samples
+            if s.name == "regdiff_worker_tasks_total"}
+    assert done[("regdiff.train_run", "SUCCESS")] >= 1
+    running = {s.labels["task"]: s.value for s in families["regdiff_worker_tasks_running"].samples}
+    assert running["regdiff.train_run"] == 0
+    for name in ("regdiff_worker_training_steps_per_second", "regdiff_worker_training_images_per_second"):
+        assert families[name].samples[0].value == 0  # idle now: the pace is zeroed when a task ends
+
+
+@pytest.mark.service
 def test_metrics_protection(deployment: Deployment) -> None:
     with httpx.Client(base_url=deployment.url, timeout=30) as anonymous:
         if deployment.key:  # keys on: a key is needed, even from loopback
