@@ -308,11 +308,11 @@ async function sweepPage(id) {
 function reportView(data) {
   const keys = data.keys || [];
   const rows = data.rows.map((r) => [link("#/runs/" + r.run_id, r.run_id), statusBadge(r.status),
-    ...keys.map((k) => fmt(r.values[k])), r.fcd, r.confidence, r.penalty_samples, r.penalty_real, r.seconds]);
+    ...keys.map((k) => fmt(r.values[k])), r.lambda, r.fcd, r.confidence, r.penalty_samples, r.penalty_real, r.seconds]);
   return el("div", {},
     data.best ? el("p", { class: "best", id: "best" }, "recommended: ",
       evaluationRows(data.best).map(([k, v]) => k + " " + v).join(", ")) : null,
-    table(["run", "status", ...keys, "fcd", "confidence", "penalty (samples)", "penalty (real)", "seconds"], rows),
+    table(["run", "status", ...keys, "lambda", "fcd", "confidence", "penalty (samples)", "penalty (real)", "seconds"], rows),
     data.reference ? el("p", { class: "muted" }, "real data: ",
       Object.entries(data.reference).map(([k, v]) => k + " " + fmt(v)).join(", ")) : null);
 }
