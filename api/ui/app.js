@@ -194,7 +194,7 @@ async function runsPage() {
 }
 
 async function runPage(id) {
-  const head = el("div", {}), charts = el("div", {}), grid = el("div", {}), evaluation = el("div", {}),
+  const head = el("div", {}), charts = el("div", {}), grid = el("div", {}), evaluation = el("div", { id: "evaluation" }),
     checkpoints = el("div", {});
   show(el("h1", {}, "Run ", id), head, el("h2", {}, "Loss curves"), charts, el("h2", {}, "Samples"), grid,
        el("h2", {}, "Evaluation"), evaluation, el("h2", {}, "Checkpoints"), checkpoints);
