@@ -19,6 +19,9 @@ from tests.conftest import TINY_RUN, _start
 from tests.live import Service, free_port, wait_for
 
 CHROMIUM = os.environ.get("REGDIFF_TEST_CHROMIUM", "/usr/bin/chromium")
+# No crash is simulated here: default-length leases, so a busy machine never takes the run from its
+# worker (the 3 s leases of tests/live.py expire when a shared CPU starves the heartbeat).
+CALM = {"REGDIFF_LEASE_SECONDS": "30", "REGDIFF_REQUEUE_AFTER_SECONDS": "60"}
 
 
 @dataclass
@@ -66,10 +69,10 @@ def _deploy(service: Service, key: str | None, worker_port: int) -> Deployment:
 def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """keys-on: PostgreSQL + Redis with REGDIFF_AUTH=required; keys-off: the embedded default."""
     keys_on = request.param == "keys-on"
-    worker_port = free_port()  # the worker's own exporter, on in both
-    services = (_start("postgres-redis", tmp_path_factory, REGDIFF_AUTH="required",
-                       REGDIFF_WORKER_METRICS_PORT=str(worker_port)) if keys_on
-                else _start("embedded", tmp_path_factory, REGDIFF_WORKER_METRICS_PORT=str(worker_port)))
+    worker_port = free_port()
+    env = {"REGDIFF_WORKER_METRICS_PORT": str(worker_port), **CALM}
+    services = (_start("postgres-redis", tmp_path_factory, REGDIFF_AUTH="required", **env) if keys_on
+                else _start("embedded", tmp_path_factory, **env))
     try:
         service = next(services)
         yield _deploy(service, create_key(service) if keys_on else None, worker_port)
