@@ -60,7 +60,7 @@ def _deploy(service: Service, key: str | None, worker_port: int) -> Deployment:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(base_url=service.url, headers=headers, timeout=30) as client:
         run = client.post("/v1/runs", json=TINY_RUN).raise_for_status().json()
-        run = wait_for(client, run["id"])
+        run = wait_for(client, run["id"], timeout=900)  # generous: a shared CPU may be slow
     assert run["status"] == "succeeded", run
     return Deployment(service, headers, key, run, worker_port)
 
