@@ -28,7 +28,7 @@ FAMILIES = {
 def scrape(client: httpx.Client) -> dict:
     response = client.get("/metrics")
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert response.headers["content-type"].startswith("text/plain; version=")  # Prometheus text format
     return {f.name: f for f in text_string_to_metric_families(response.text)}
 
 
