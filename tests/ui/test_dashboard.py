@@ -79,9 +79,10 @@ def test_runs_list_and_run_page(visit: Visit, deployment: Deployment, tmp_path: 
     assert page.locator('polyline[data-series="penalty_weighted"]').count() == 1
 
     # the preview grid, fetched with the key and enlarged: 4 digits of 8x8 are 22 px at 1:1
-    page.wait_for_function("document.querySelector('#grid') && document.querySelector('#grid').complete"
-                           " && document.querySelector('#grid').naturalWidth > 0", timeout=TIMEOUT_MS)
-    assert page.eval_on_selector("#grid", "img => img.naturalWidth") >= 256
+    # decode() resolves once the image is loaded (no wait_for_function: its polling evals a string,
+    # which the page's CSP refuses, as it should)
+    page.wait_for_selector("#grid", timeout=TIMEOUT_MS)
+    assert page.eval_on_selector("#grid", "img => img.decode().then(() => img.naturalWidth)") >= 256
     assert page.eval_on_selector("#grid", "img => img.src").startswith("blob:")
     assert page.locator("#cancel").is_disabled()  # a finished run cannot be cancelled
     page.wait_for_selector("button:has-text('download')", timeout=TIMEOUT_MS)  # its checkpoints

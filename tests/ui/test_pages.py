@@ -86,5 +86,5 @@ def test_sweep_page_shows_report_figure_and_recommendation(page: Page) -> None:
     page.wait_for_selector("#best")
     assert page.inner_text("#best") == "recommended: run_id run_a, values.lambda 0.1000"
     assert page.locator("a[href='#/runs/run_0']").count() == 1 and page.locator("a[href='#/runs/run_a']").count() == 1
-    page.wait_for_function("document.querySelector('#report-figure') && document.querySelector('#report-figure')"
-                           ".naturalWidth > 0")
+    page.wait_for_selector("#report-figure")
+    assert page.eval_on_selector("#report-figure", "img => img.decode().then(() => img.naturalWidth)") > 0
