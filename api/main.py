@@ -11,11 +11,11 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 
-from api import errors
+from api import docs, errors, metrics
 from api.deps.auth import DEFAULT_TENANT
 from api.deps.rate_limit import rate_limited
 from api.request_id import RequestIdMiddleware, log_with_request_ids
-from api.routers import catalog, checkpoints, datasets, health, problems, runs, samples, sweeps
+from api.routers import catalog, checkpoints, datasets, health, problems, runs, samples, sweeps, ui
 from api.security import BodyLimitMiddleware, NulInUrlMiddleware, RateLimiter, SecurityHeadersMiddleware
 from store.settings import Settings, get_settings, is_loopback
 
@@ -31,17 +31,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description="Train small image diffusion models with an extra loss on the denoised image.",
         lifespan=_lifespan,
+        docs_url=None,  # served offline by api/docs.py
+        redoc_url=None,
     )
     errors.install(app)
     log_with_request_ids(logging.getLogger("api"))
     app.include_router(health.router)
     app.include_router(problems.router)
+    app.include_router(docs.router)
+    app.include_router(ui.router)
     # Every /v1 route: the caller's key is checked (when keys are on) and spends a rate-limit token.
     for module in (catalog, runs, samples, checkpoints, datasets, sweeps):
         app.include_router(module.router, dependencies=[Depends(rate_limited)])
     app.state.settings = settings
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     app.state.upload_slots = threading.BoundedSemaphore(settings.max_concurrent_uploads)
+    metrics.install(app, settings)  # innermost middleware: times the app itself
     _install_middleware(app, settings)
     return app
 

@@ -25,8 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import problem_body
 
 PROBLEM = b"application/problem+json"
-DOCS_PATHS = ("/docs", "/redoc")  # Swagger UI and ReDoc load their scripts from a CDN
-# Nothing may load, frame or be framed: the api serves JSON and images, never HTML (docs aside).
+DOCS_PATHS = ("/docs", "/redoc")  # pages that set their own CSP (api/docs.py); their assets may be cached
+# Nothing may load, frame or be framed: the api serves JSON and images (its HTML pages set their own).
 STRICT_CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 

@@ -35,6 +35,8 @@ KINDS: dict[str, ProblemKind] = {kind.code: kind for kind in (
                 " URL or a value that cannot be stored. Fix the request; retrying it as is will fail again."),
     ProblemKind("unauthorized", 401, "No API key, or an unknown or revoked one. Send"
                 " 'Authorization: Bearer <key>'; keys are made with `regdiff-admin keys create`."),
+    ProblemKind("forbidden", 403, "This key (or, without a key, this address) may not read this page:"
+                " /metrics answers loopback clients, or any client with an API key."),
     ProblemKind("not-found", 404, "No such resource for this tenant (another tenant's resources are"
                 " reported exactly like missing ones), or no such path."),
     ProblemKind("method-not-allowed", 405, "The path exists but not with this HTTP method."),

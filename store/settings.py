@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     log_flush_seconds: float = Field(0.5, ge=0, description="at most one metrics write per this interval")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept per run besides the final one")
     max_sample_n: int = Field(256, ge=1)
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="a worker serves its Prometheus gauges on this port; unset: off")
+    worker_metrics_host: str = Field("127.0.0.1", description="address of the worker's metrics port")
     eval_samples: int = Field(
         1000, ge=0, description="samples drawn for the end-of-run evaluation (0: off); at 1000 the real-vs-real FCD"
         " (noise floor) is a few percent of a lambda=0 run's FCD on digits (bench/eval_noise_floor.py)")

@@ -9,11 +9,14 @@ from __future__ import annotations
 import sys
 
 from store.settings import get_settings
+from worker.metrics import serve as serve_metrics
 from worker.tasks import app
 
 
 def main() -> None:
-    app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "-Q", get_settings().queue,
+    settings = get_settings()
+    serve_metrics(settings.worker_metrics_host, settings.worker_metrics_port)
+    app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "-Q", settings.queue,
                      "--loglevel", "INFO", *sys.argv[1:]])
 
 

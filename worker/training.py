@@ -26,6 +26,7 @@ from worker import errors
 from worker.data import load_images
 from worker.evaluation import evaluate_final
 from worker.heartbeat import Heartbeat
+from worker.metrics import TrainingPace
 from worker.samples import npz_bytes
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def _train(run_id: str, *, lease: leases.Lease, beat: Heartbeat) -> None:
     data = load_images(spec.dataset, tenant=tenant)
     device = resolve_device(settings.device)
     elapsed = time.time() - as_utc(started).timestamp() if started else 0.0
-    progress = _ProgressWriter(run_id, lease, settings.log_flush_seconds)
+    progress = _ProgressWriter(run_id, lease, settings.log_flush_seconds, TrainingPace(spec.train.batch_size))
 
     def on_checkpoint(step: int, state: bytes) -> None:
         with session_scope() as session:
@@ -147,8 +148,8 @@ def _finish(run_id: str, lease: leases.Lease, status: str, message: str) -> None
 class _ProgressWriter:
     """on_log hook: at most one database write per `interval` seconds (throttled)."""
 
-    def __init__(self, run_id: str, lease: leases.Lease, interval: float):
-        self.run_id, self.lease, self.interval, self._last = run_id, lease, interval, 0.0
+    def __init__(self, run_id: str, lease: leases.Lease, interval: float, pace: TrainingPace):
+        self.run_id, self.lease, self.interval, self.pace, self._last = run_id, lease, interval, pace, 0.0
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         if time.monotonic() - self._last >= self.interval:
@@ -156,5 +157,6 @@ class _ProgressWriter:
 
     def flush(self, step: int, metrics: dict[str, float]) -> None:
         self._last = time.monotonic()
+        self.pace.observe(step)
         with session_scope() as session:
             runs.record_progress(session=session, run_id=self.run_id, step=step, metrics=metrics, lease=self.lease)

@@ -13,6 +13,7 @@ from api.deps.ownership import OwnedRun
 from api.deps.pagination import PageDep, next_cursor
 from api.deps.session import SessionDep, SettingsDep
 from api.errors import PROBLEM_RESPONSES
+from api.images import GRID_MIN_WIDTH, ScaleQuery, scaled_png
 from api.schemas import (
     CheckpointPublic,
     CheckpointsPublic,
@@ -82,11 +83,11 @@ def delete_run(run: OwnedRun, session: SessionDep) -> Response:
 
 
 @router.get("/{run_id}/samples.png", response_class=Response, responses=PNG)
-def run_samples_png(run: OwnedRun, session: SessionDep) -> Response:
+def run_samples_png(run: OwnedRun, session: SessionDep, scale: ScaleQuery = None) -> Response:
     job = runs.preview(session=session, run_id=run.id)
     if job is None or job.grid_png is None:
         raise Problem(404, "Not Found", f"run {run.id} has no samples yet (status {run.status})")
-    return Response(job.grid_png, media_type="image/png")
+    return Response(scaled_png(job.grid_png, scale, min_width=GRID_MIN_WIDTH), media_type="image/png")
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsPublic)

@@ -12,6 +12,7 @@ from PIL import Image
 from api.deps.ownership import OwnedRun, OwnedSample
 from api.deps.session import SessionDep, SettingsDep
 from api.errors import PROBLEM_RESPONSES
+from api.images import GRID_MIN_WIDTH, ScaleQuery, scaled_png
 from api.schemas import SamplePublic, SampleRequest
 from service import samples as service
 from service.errors import Problem
@@ -32,8 +33,9 @@ def get_samples(job: OwnedSample) -> SamplePublic:
 
 
 @router.get("/v1/samples/{sample_id}/grid.png", response_class=Response, responses=PNG)
-def sample_grid(job: OwnedSample) -> Response:
-    return Response(service.finished(job).grid_png, media_type="image/png")
+def sample_grid(job: OwnedSample, scale: ScaleQuery = None) -> Response:
+    return Response(scaled_png(service.finished(job).grid_png, scale, min_width=GRID_MIN_WIDTH),
+                    media_type="image/png")
 
 
 @router.get("/v1/samples/{sample_id}/samples.npz", response_class=Response,
@@ -44,11 +46,11 @@ def sample_npz(job: OwnedSample) -> Response:
 
 
 @router.get("/v1/samples/{sample_id}/images/{index}.png", response_class=Response, responses=PNG)
-def sample_image(job: OwnedSample, index: Annotated[int, Path(ge=0)]) -> Response:
+def sample_image(job: OwnedSample, index: Annotated[int, Path(ge=0)], scale: ScaleQuery = None) -> Response:
     with np.load(io.BytesIO(service.finished(job).images_npz), allow_pickle=False) as f:
         images = f["images"]
     if index >= len(images):
         raise Problem(404, "Not Found", f"image {index} out of range: the job has {len(images)} images (0..{len(images) - 1})")
     buf = io.BytesIO()
     Image.fromarray(images[index]).save(buf, format="PNG")
-    return Response(buf.getvalue(), media_type="image/png")
+    return Response(scaled_png(buf.getvalue(), scale), media_type="image/png")

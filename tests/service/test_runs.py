@@ -25,7 +25,7 @@ def test_tiny_run_trains_to_a_sample_grid(client):
     assert {"diffusion_loss", "penalty_raw", "penalty_weighted", "loss"} <= set(done["metrics"])
     assert done["started_at"] and done["finished_at"]
 
-    png = client.get(f"/v1/runs/{run['id']}/samples.png")
+    png = client.get(f"/v1/runs/{run['id']}/samples.png", params={"scale": 1})  # the stored 1:1 grid
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     grid = Image.open(io.BytesIO(png.content))
     grid.load()
