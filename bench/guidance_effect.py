@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import signal
 import sys
 import tempfile
 import time
@@ -78,6 +79,7 @@ def main() -> None:
     def confidence(images: np.ndarray) -> np.ndarray:
         return classifier.predict_proba(images.reshape(len(images), -1) / 255).max(axis=1)
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on SIGTERM too
     started = time.monotonic()
     home = Path(tempfile.mkdtemp(prefix="regdiff-guidance-"))
     env, cleanup = backend_env("embedded", home)
