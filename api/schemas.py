@@ -259,3 +259,65 @@ class SweepReport(BaseModel):
     reference: dict[str, float | None] = Field(
         description="real data: the penalty, and the classifier's confidence, score and held-out accuracy")
     markdown: str
+
+
+# ---- comparisons (models/verdict.py computes them; service/compare.py chooses the seeds) ---------
+
+
+class Estimate(BaseModel):
+    value: float | None
+    ci: list[float] | None = Field(description="95% interval [lo, hi]")
+
+
+class PenaltyComparison(BaseModel):
+    run: Estimate = Field(description="the penalty's mean on the run's samples (over its seeds)")
+    baseline: Estimate
+    relative_change: Estimate = Field(description="run / baseline - 1")
+    change: Literal["reduced", "no_significant_change", "increased"]
+    real: float | None = Field(description="the same penalty on real images")
+    terms: list[dict[str, Any]] | None = Field(None, description="the run's own penalty: its regularizer terms")
+
+
+class FcdComparison(BaseModel):
+    run: Estimate
+    baseline: Estimate
+    difference: Estimate = Field(description="run - baseline")
+    quality: Literal["kept", "degraded", "improved"]
+    noise_floor: float | None = Field(description="real-vs-real FCD at the same N: what a perfect generator scores")
+
+
+class Verdict(BaseModel):
+    penalty: Literal["reduced", "no_significant_change", "increased"] | None
+    quality: Literal["kept", "degraded", "improved"] | None
+    sentence: str
+
+
+class SeedVarianceUsed(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    method: Literal["hierarchical_bootstrap", "calibration", "default"] = Field(
+        description="hierarchical_bootstrap: several seeds on both sides; otherwise a between-seed relative sd,"
+        " calibrated on the tenant's lambda=0 runs of the baseline's recipe (`runs`) or the documented default")
+    penalty_rsd: float | None = None
+    fcd_rsd: float | None = None
+    source: str | None = None
+    runs: list[str] | None = None
+    applied_to: list[str] | None = None
+
+
+class ComparisonBody(BaseModel):
+    n_samples: dict[str, list[int | None]]
+    seeds: dict[str, int]
+    runs: dict[str, list[str]] = Field(description="the run ids on each side (several: seeds of one point)")
+    seed_variance: SeedVarianceUsed
+    penalty: PenaltyComparison | None = Field(description="the run's own penalty")
+    penalties: dict[str, PenaltyComparison | None] = Field(description="every registered penalty, default params")
+    fcd: FcdComparison | None
+    verdict: Verdict
+
+
+class RunComparison(ComparisonBody):
+    object: Literal["run_comparison"] = "run_comparison"
+    run_id: str
+    baseline_id: str
+    dataset: str

@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     max_upload_uncompressed_bytes: int = Field(
         256 << 20, ge=1, description="an upload's archive members together, decompressed (zip bombs)")
     upload_channels: tuple[int, ...] = Field((1, 3), description="channel counts an upload may have")
-    max_sweep_points: int = Field(32, ge=1, description="most runs one sweep may create")
+    max_sweep_points: int = Field(32, ge=1, description="most runs one sweep may create (points x seeds + baselines)")
+    max_sweep_seeds: int = Field(8, ge=1, description="most training seeds one sweep may ask for (`seeds`)")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
