@@ -238,6 +238,21 @@ def compare(run: Sequence[Mapping], baseline: Sequence[Mapping], *, penalty_name
     return result
 
 
+def describe(evaluations: Sequence[Mapping], *, seed_variance: SeedVariance = DEFAULT_SEED_VARIANCE, seed: int = 0,
+             resamples: int = RESAMPLES) -> dict[str, Any]:
+    """One group of seeds on its own: {penalty, fcd}, each {value, ci} (or None when the evaluations
+    lack it), the mean over seeds with the interval compare() gives that side."""
+    if not evaluations:
+        return {"penalty": None, "fcd": None}
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    for key, side, rsd in (("penalty", _penalty_side(evaluations, None, rng), seed_variance.penalty_rsd),
+                           ("fcd", _fcd_side(evaluations), seed_variance.fcd_rsd)):
+        out[key] = None if side is None else _estimate(
+            float(np.mean(side.points)), side_replicates(side.points, side.within, rsd=rsd, rng=rng, resamples=resamples))
+    return out
+
+
 def verdict(penalty: Mapping[str, Any] | None, fcd: Mapping[str, Any] | None, *, penalty_name: str,
             baseline_label: str) -> dict[str, Any]:
     """{penalty, quality, sentence} from compare_penalty's and compare_fcd's results (either may be None)."""
