@@ -27,9 +27,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
+import httpx
 
-from tests.live import Service, backend_env  # noqa: E402
+from tests.live import Service, backend_env
 
 TERMINAL = ("succeeded", "failed", "cancelled", "partially-failed")
 QUICK = {"steps": 20, "batch_size": 8, "eval_samples": 64, "eval_steps": 4, "lambdas": "1", "t_max": "200",
