@@ -52,11 +52,11 @@ def check_seeds(seeds: list[int] | None, given: dict[str, list[Any]], max_seeds:
         return
     if not seeds:
         raise invalid("seeds", "give at least one training seed (or leave `seeds` out for the base's train.seed)")
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise invalid("seeds", f"seed {repeated[0]} is given twice; each seed trains every point once")
     if len(seeds) > max_seeds:
         raise invalid("seeds", f"{len(seeds)} seeds; at most {max_seeds} per sweep (REGDIFF_MAX_SWEEP_SEEDS)")
+    repeated = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
+    if repeated is not None:
+        raise invalid("seeds", f"seed {repeated} is given twice; each seed trains every point once")
     if any(k == "train.seed" or k == "train" for k in given):
         raise invalid("seeds", "train.seed is also in vary; give the seeds in `seeds` only")
 
