@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.spec import FiniteFloat, GuidanceSpec, SamplerName, Strict
 from store.tables import Checkpoint, Dataset, Run, RunEvent, SampleJob, Sweep, as_utc
@@ -182,6 +182,20 @@ class SweepCreate(Strict):
         description='dotted paths into the spec and their values; several keys make a grid,'
         ' e.g. {"lambda": [0, 0.1, 1], "estimator.kind": ["tweedie", "ddim"]}'
     )
+    seeds: list[int] | None = Field(
+        None, description="training seeds: every point is trained once per seed (train.seed set), and the report"
+        " takes the mean over seeds with a hierarchical bootstrap; at most REGDIFF_MAX_SWEEP_SEEDS. The lambda=0"
+        " baseline is added per seed when no point of `vary` is one")
+    max_fcd_increase: FiniteFloat | None = Field(
+        None, ge=0, description="the best setting may raise FCD by up to this much (point estimate) instead of"
+        " keeping quality within its interval")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(not 0 <= s <= 2**31 - 1 for s in value):
+            raise ValueError("every seed must be between 0 and 2147483647")
+        return value
 
 
 class SweepRunPublic(BaseModel):
@@ -193,11 +207,14 @@ class SweepRunPublic(BaseModel):
     progress: float
     error: str | None
     url: str
+    seed: int | None = Field(None, description="its train.seed")
+    baseline: bool = Field(False, description="a lambda=0 run: the baseline the other points are compared with")
 
     @classmethod
     def of(cls, run: Run, values: dict[str, Any]) -> SweepRunPublic:
         return cls(id=run.id, status=run.status, values=values, step=run.step, total_steps=run.total_steps,
-                   progress=round(run.step / max(run.total_steps, 1), 4), error=run.error, url=f"/v1/runs/{run.id}")
+                   progress=round(run.step / max(run.total_steps, 1), 4), error=run.error, url=f"/v1/runs/{run.id}",
+                   seed=(run.spec.get("train") or {}).get("seed"), baseline=not run.spec.get("lambda"))
 
 
 SweepStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "partially-failed"]
@@ -210,6 +227,8 @@ class SweepPublic(BaseModel):
     base: dict[str, Any]
     vary: dict[str, list[Any]]
     points: int
+    seeds: list[int] | None = Field(None, description="the training seeds asked for (null: the base's train.seed)")
+    max_fcd_increase: float | None = None
     counts: dict[str, int]
     runs: list[SweepRunPublic]
     created_at: datetime
@@ -221,7 +240,9 @@ class SweepPublic(BaseModel):
         counts: dict[str, int] = {}
         for run in runs:
             counts[run.status] = counts.get(run.status, 0) + 1
+        options = sweep.options or {}
         return cls(id=sweep.id, status=status, base=sweep.base, vary=sweep.vary, points=len(runs), counts=counts,
+                   seeds=options.get("seeds"), max_fcd_increase=options.get("max_fcd_increase"),
                    runs=[SweepRunPublic.of(r, v) for r, v in zip(runs, values)], created_at=_ts(sweep.created_at),
                    urls={"self": base, "cancel": f"{base}/cancel", "report": f"{base}/report",
                          "report_png": f"{base}/report.png", "runs": f"/v1/runs?sweep_id={sweep.id}"})
@@ -248,6 +269,93 @@ class SweepReportRow(BaseModel):
     n_samples: int | None
     seconds: float | None = Field(description="wall time from start to finish (training, preview, evaluation)")
     error: str | None
+    seed: int | None = None
+    baseline: bool = False
+
+
+
+
+# ---- comparisons (models/verdict.py computes them; service/compare.py chooses the seeds) ---------
+
+
+class Estimate(BaseModel):
+    value: float | None
+    ci: list[float] | None = Field(description="95% interval [lo, hi]")
+
+
+class PenaltyComparison(BaseModel):
+    run: Estimate = Field(description="the penalty's mean on the run's samples (over its seeds)")
+    baseline: Estimate
+    relative_change: Estimate = Field(description="run / baseline - 1")
+    change: Literal["reduced", "no_significant_change", "increased"]
+    real: float | None = Field(description="the same penalty on real images")
+    terms: list[dict[str, Any]] | None = Field(None, description="the run's own penalty: its regularizer terms")
+
+
+class FcdComparison(BaseModel):
+    run: Estimate
+    baseline: Estimate
+    difference: Estimate = Field(description="run - baseline")
+    quality: Literal["kept", "degraded", "improved"]
+    noise_floor: float | None = Field(description="real-vs-real FCD at the same N: what a perfect generator scores")
+
+
+class Verdict(BaseModel):
+    penalty: Literal["reduced", "no_significant_change", "increased"] | None
+    quality: Literal["kept", "degraded", "improved"] | None
+    sentence: str
+
+
+class SeedVarianceUsed(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    method: Literal["hierarchical_bootstrap", "calibration", "default"] = Field(
+        description="hierarchical_bootstrap: several seeds on both sides; otherwise a between-seed relative sd,"
+        " calibrated on the tenant's lambda=0 runs of the baseline's recipe (`runs`) or the documented default")
+    penalty_rsd: float | None = None
+    fcd_rsd: float | None = None
+    source: str | None = None
+    runs: list[str] | None = None
+    applied_to: list[str] | None = None
+
+
+class ComparisonBody(BaseModel):
+    n_samples: dict[str, list[int | None]]
+    seeds: dict[str, int]
+    runs: dict[str, list[str]] = Field(description="the run ids on each side (several: seeds of one point)")
+    seed_variance: SeedVarianceUsed
+    penalty: PenaltyComparison | None = Field(description="the run's own penalty")
+    penalties: dict[str, PenaltyComparison | None] = Field(description="every registered penalty, default params")
+    fcd: FcdComparison | None
+    verdict: Verdict
+
+
+class RunComparison(ComparisonBody):
+    object: Literal["run_comparison"] = "run_comparison"
+    run_id: str
+    baseline_id: str
+    dataset: str
+
+
+# ---- sweep reports -------------------------------------------------------------------------------
+
+
+class SweepPoint(BaseModel):
+    """One grid point over its seeds, against the lambda=0 baseline (service/sweep_verdicts.py)."""
+
+    label: str
+    values: dict[str, Any]
+    baseline: bool
+    run_ids: list[str]
+    seeds: list[int | None]
+    evaluated: int = Field(description="how many of its runs are evaluated (the statistics use these)")
+    penalty: Estimate | None = Field(description="the run's own penalty on samples: mean over seeds, 95% interval")
+    fcd: Estimate | None
+    relative_change: Estimate | None = Field(description="penalty against the baseline: run / baseline - 1")
+    fcd_difference: Estimate | None = Field(description="FCD minus the baseline's")
+    verdict: Verdict | None
+    seed_variance: SeedVarianceUsed | None
+    compared_with: str | None = Field(description="the baseline point's label")
 
 
 class SweepReport(BaseModel):
@@ -255,7 +363,13 @@ class SweepReport(BaseModel):
     sweep_id: str
     status: SweepStatus
     keys: list[str]
+    seeds: list[int] | None = None
     rows: list[SweepReportRow]
     reference: dict[str, float | None] = Field(
         description="real data: the penalty, and the classifier's confidence, score and held-out accuracy")
+    points: list[SweepPoint]
+    best: str | None = Field(description="the label of the recommended point; null when no setting helped")
+    statement: str = Field(description="the recommendation, or plainly that no setting helped")
+    pareto: list[str] = Field(description="labels of the points on the Pareto front (penalty on samples vs FCD)")
+    max_fcd_increase: float | None = None
     markdown: str

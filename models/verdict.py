@@ -42,6 +42,7 @@ class SeedVariance:
     fcd_rsd: float
     method: str = "calibration"  # "calibration" (measured for this dataset and preset) or "default"
     source: str = ""
+    runs: tuple[str, ...] = ()  # the runs a calibration was measured on
 
 
 # Two lambda=0 seeds on digits/unet-xs differed by +1.5% [0.3%, 2.8%] and +1.3% [0.05%, 2.6%] in
@@ -52,6 +53,45 @@ DEFAULT_SEED_VARIANCE = SeedVariance(
     penalty_rsd=0.015, fcd_rsd=0.05, method="default",
     source="field notes: two lambda=0 seeds on digits/unet-xs differ by +1.5% [0.3%, 2.8%] in TV; FCD rsd assumed",
 )
+
+
+# A between-seed variance from k runs has k - 1 degrees of freedom: from two runs it is one squared
+# difference, as likely 0.1x as 3x the truth. So a measured variance is pooled with the default as
+# if the default had been measured on PRIOR_DF degrees of freedom (a scaled inverse-chi-squared
+# prior, the "moderated variance" of limma): two runs move the estimate a third of the way, nine
+# runs four fifths.
+PRIOR_DF = 2
+
+
+def calibrate(evaluations: Sequence[Mapping], *, runs: Sequence[str] = (), source: str = "",
+              default: SeedVariance = DEFAULT_SEED_VARIANCE) -> SeedVariance:
+    """The between-seed relative sd of the penalty mean and of FCD from k >= 2 evaluations of runs
+    that differ only in their training seed, moderated toward `default` (see PRIOR_DF).
+
+    Each run's point estimate carries its own sampling noise; that part (the mean within-run
+    variance: var(per-sample values) / N for the penalty, the variance of the bootstrap replicates
+    for FCD) is subtracted, since compare() adds sampling noise separately.
+    """
+    if len(evaluations) < 2:
+        raise ValueError(f"a calibration needs at least 2 runs that differ only in seed; got {len(evaluations)}")
+    df = len(evaluations) - 1
+
+    def moderated(points: list[float], within: list[float], prior: float) -> float:
+        mean = float(np.mean(points))
+        between = max(float(np.var(points, ddof=1)) - float(np.mean(within)), 0.0) / mean**2 if mean else 0.0
+        return math.sqrt((df * between + PRIOR_DF * prior**2) / (df + PRIOR_DF))
+
+    penalty = [np.asarray(ev["per_sample"]["penalty"], np.float64) for ev in evaluations]
+    fcd = [np.asarray(ev["replicates"]["fcd"], np.float64) for ev in evaluations]
+    return SeedVariance(
+        penalty_rsd=moderated([float(v.mean()) for v in penalty], [float(v.var(ddof=1)) / len(v) for v in penalty],
+                              default.penalty_rsd),
+        fcd_rsd=moderated([float(ev["fcd"]) for ev in evaluations], [float(r.var(ddof=1)) for r in fcd],
+                          default.fcd_rsd),
+        method="calibration", runs=tuple(runs),
+        source=source or f"{len(evaluations)} runs that differ only in seed, moderated toward the default"
+                         f" with {PRIOR_DF} prior degrees of freedom",
+    )
 
 
 def _seed_means(values: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
@@ -196,6 +236,21 @@ def compare(run: Sequence[Mapping], baseline: Sequence[Mapping], *, penalty_name
     }
     result["verdict"] = verdict(own, fcd, penalty_name=penalty_name or "the penalty", baseline_label=baseline_label)
     return result
+
+
+def describe(evaluations: Sequence[Mapping], *, seed_variance: SeedVariance = DEFAULT_SEED_VARIANCE, seed: int = 0,
+             resamples: int = RESAMPLES) -> dict[str, Any]:
+    """One group of seeds on its own: {penalty, fcd}, each {value, ci} (or None when the evaluations
+    lack it), the mean over seeds with the interval compare() gives that side."""
+    if not evaluations:
+        return {"penalty": None, "fcd": None}
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    for key, side, rsd in (("penalty", _penalty_side(evaluations, None, rng), seed_variance.penalty_rsd),
+                           ("fcd", _fcd_side(evaluations), seed_variance.fcd_rsd)):
+        out[key] = None if side is None else _estimate(
+            float(np.mean(side.points)), side_replicates(side.points, side.within, rsd=rsd, rng=rng, resamples=resamples))
+    return out
 
 
 def verdict(penalty: Mapping[str, Any] | None, fcd: Mapping[str, Any] | None, *, penalty_name: str,

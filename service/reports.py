@@ -27,6 +27,7 @@ def row(*, run_id: str, status: str, values: dict[str, Any], spec: dict[str, Any
         error = f"evaluation: {ev['error']}"
     return {
         "run_id": run_id, "status": status, "values": values, "lambda": spec.get("lambda"),
+        "seed": (spec.get("train") or {}).get("seed"), "baseline": not spec.get("lambda"),
         "fcd": ev.get("fcd"), "confidence": ev.get("confidence"), "classifier_score": ev.get("classifier_score"),
         "penalty_samples": penalty.get("samples"), "penalty_real": penalty.get("real"),
         "n_samples": ev.get("n_samples"), "seconds": None if seconds is None else round(seconds, 1), "error": error,
@@ -79,6 +80,28 @@ def markdown(keys: list[str], rows: list[dict[str, Any]], ref: dict[str, float |
     return "\n".join(lines) + "\n"
 
 
+def _ci(estimate: dict[str, Any] | None, scale: float = 1.0, unit: str = "") -> str:
+    if not estimate or estimate.get("value") is None:
+        return "–"
+    lo, hi = (scale * v for v in estimate["ci"])
+    return f"{scale * estimate['value']:.4g}{unit} [{lo:.4g}, {hi:.4g}]"
+
+
+def points_markdown(points: list[dict[str, Any]], statement: str, ref: dict[str, float | None]) -> str:
+    """One row per point across its seeds (mean and 95% interval), its change against the lambda = 0
+    baseline and the verdict; then the penalty on real data and the recommended setting."""
+    head = ["point", "seeds", "penalty (samples)", "change vs baseline", "FCD", "FCD change", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in points:
+        v = p.get("verdict")
+        said = "baseline" if p["baseline"] else (f"{v['penalty']}, quality {v['quality']}" if v else "–")
+        cells = [p["label"], f"{p['evaluated']}/{len(p['run_ids'])}", _ci(p.get("penalty")),
+                 _ci(p.get("relative_change"), 100, "%"), _ci(p.get("fcd")), _ci(p.get("fcd_difference")), said]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"| real data | | {_fmt(ref.get('penalty_real'))} | | | | |")
+    return "\n".join(lines) + f"\n\n{statement}\n"
+
+
 def _groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Rows that differ only in lambda form one curve (sorted by lambda)."""
     out: dict[str, list[dict[str, Any]]] = {}
@@ -98,9 +121,11 @@ def _decode_png(png: bytes) -> np.ndarray:
 
 
 def figure_png(title: str, rows: list[dict[str, Any]], grids: list[bytes | None],
-               ref: dict[str, float | None]) -> bytes:
+               ref: dict[str, float | None], analysis: dict[str, Any] | None = None) -> bytes:
     """Top: FCD and confidence against the penalty on samples, one curve per setting across lambda,
-    real data as a dashed line. Below: each run's preview grid, labelled by its point."""
+    real data as a dashed line; with `analysis` (service/sweep_verdicts.analyse) the FCD panel is
+    the Pareto view over points (mean over seeds, intervals, best ringed). Below: each run's
+    preview grid, labelled by its point."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -114,6 +139,10 @@ def figure_png(title: str, rows: list[dict[str, Any]], grids: list[bytes | None]
     axes = top.subplots(1, 2)
     panels = (("fcd", "FCD to real data (lower: closer)"), ("confidence", "classifier confidence (higher: clearer)"))
     for ax, (metric, ylabel) in zip(axes, panels):
+        if metric == "fcd" and analysis is not None:
+            _draw_pareto(ax, analysis["comparisons"], analysis, ref.get("penalty_real"), analysis.get("baseline"))
+            ax.set_title(analysis["statement"][:90], fontsize=8)
+            continue
         plotted = False
         for group, members in _groups(rows).items():
             pts = [(r["penalty_samples"], r[metric], r) for r in members
@@ -142,7 +171,8 @@ def figure_png(title: str, rows: list[dict[str, Any]], grids: list[bytes | None]
         if i >= len(rows):
             continue
         r = rows[i]
-        ax.set_title(f"{label(r['values'])}\n{r['status']}", fontsize=8)
+        seed = "" if r.get("seed") is None else f", seed {r['seed']}"
+        ax.set_title(f"{label(r['values'])}{seed}\n{r['status']}", fontsize=8)
         if grids[i] is not None:
             image = _decode_png(grids[i])
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
@@ -153,10 +183,44 @@ def figure_png(title: str, rows: list[dict[str, Any]], grids: list[bytes | None]
     return buf.getvalue()
 
 
-def pareto_png(title: str, points: list[dict[str, Any]], best: dict[str, Any], real_penalty: float | None) -> bytes:
-    """The sweep's trade-off: each point's penalty on samples against its FCD, both with their 95%
-    intervals (from models/verdict.compare), the Pareto front joined, the best setting ringed and
-    the penalty on real data as a dashed line. points and best are verdict.best_setting's input and
+def _draw_pareto(ax: Any, points: list[dict[str, Any]], best: dict[str, Any], real_penalty: float | None,
+                 baseline: dict[str, Any] | None = None) -> None:
+    """Each point's penalty on samples against its FCD with their 95% intervals, the Pareto front
+    joined, the best setting ringed, the lambda = 0 baseline as a grey square and the penalty on
+    real data as a dashed line."""
+    drawn = [p for p in points if p["comparison"].get("penalty") and p["comparison"].get("fcd")]
+    for p in drawn:
+        _errorbar(ax, p["comparison"]["penalty"]["run"], p["comparison"]["fcd"]["run"], p["label"], "o", "tab:blue")
+        if p["label"] == best.get("best"):
+            pen, fcd = p["comparison"]["penalty"]["run"], p["comparison"]["fcd"]["run"]
+            ax.plot([pen["value"]], [fcd["value"]], "o", ms=16, mfc="none", color="tab:red", label=f"best: {p['label']}")
+    if baseline and baseline.get("penalty") and baseline.get("fcd"):
+        _errorbar(ax, baseline["penalty"], baseline["fcd"], f"{baseline['label']} (baseline)", "s", "grey")
+    front = sorted((p["comparison"]["penalty"]["run"]["value"], p["comparison"]["fcd"]["run"]["value"])
+                   for p in drawn if p["label"] in best.get("pareto", []))
+    if front:
+        ax.plot(*zip(*front), "-", color="tab:blue", alpha=0.5, label="Pareto front")
+    if real_penalty is not None:
+        ax.axvline(real_penalty, ls="--", color="grey", label="penalty on real data")
+    if not drawn:
+        ax.text(0.5, 0.5, "no compared points yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xlabel("penalty on samples (mean over seeds, 95% CI)")
+    ax.set_ylabel("FCD to real data (95% CI; lower: closer)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _errorbar(ax: Any, pen: dict[str, Any], fcd: dict[str, Any], text: str, marker: str, color: str) -> None:
+    x, y = pen["value"], fcd["value"]
+    ax.errorbar(x, y, xerr=[[x - pen["ci"][0]], [pen["ci"][1] - x]], yerr=[[y - fcd["ci"][0]], [fcd["ci"][1] - y]],
+                fmt=marker, color=color, capsize=3)
+    ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+
+
+def pareto_png(title: str, points: list[dict[str, Any]], best: dict[str, Any], real_penalty: float | None,
+               baseline: dict[str, Any] | None = None) -> bytes:
+    """The sweep's trade-off alone (_draw_pareto). points and best are verdict.best_setting's input and
     output, so the figure shows exactly what the report names."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -165,28 +229,7 @@ def pareto_png(title: str, points: list[dict[str, Any]], best: dict[str, Any], r
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ax.set_title(title)
-    drawn = [p for p in points if p["comparison"].get("penalty") and p["comparison"].get("fcd")]
-    for p in drawn:
-        pen, fcd = p["comparison"]["penalty"]["run"], p["comparison"]["fcd"]["run"]
-        x, y = pen["value"], fcd["value"]
-        ax.errorbar(x, y, xerr=[[x - pen["ci"][0]], [pen["ci"][1] - x]], yerr=[[y - fcd["ci"][0]], [fcd["ci"][1] - y]],
-                    fmt="o", color="tab:blue", capsize=3)
-        ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        if p["label"] == best.get("best"):
-            ax.plot([x], [y], "o", ms=16, mfc="none", color="tab:red", label=f"best: {p['label']}")
-    front = sorted((p["comparison"]["penalty"]["run"]["value"], p["comparison"]["fcd"]["run"]["value"])
-                   for p in drawn if p["label"] in best.get("pareto", []))
-    if front:
-        ax.plot(*zip(*front), "-", color="tab:blue", alpha=0.5, label="Pareto front")
-    if real_penalty is not None:
-        ax.axvline(real_penalty, ls="--", color="grey", label="penalty on real data")
-    if not drawn:
-        ax.text(0.5, 0.5, "no evaluated points yet", ha="center", va="center", transform=ax.transAxes, color="grey")
-    ax.set_xlabel("penalty on samples (mean, 95% CI)")
-    ax.set_ylabel("FCD to real data (95% CI; lower: closer)")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    _draw_pareto(ax, points, best, real_penalty, baseline)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     return buf.getvalue()

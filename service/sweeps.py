@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from models.spec import RunSpec
-from service import limits, reports
+from service import limits, reports, sweep_verdicts
 from service.errors import Problem, detail_of, field_errors, invalid, invalid_fields
 from service.lookup import found, page
 from service.runs import check_against_server, enqueue_all, idempotency_reused
@@ -32,9 +32,58 @@ def _why(exc: ValidationError) -> str:
     return detail_of(field_errors(exc))
 
 
-def expand(base_spec: dict[str, Any], given: dict[str, list[Any]],
-           max_points: int) -> tuple[dict[str, Any], dict[str, list[Any]], list[RunSpec]]:
-    """(canonical base, vary with values as the specs hold them, one RunSpec per grid point)."""
+def _is_zero(value: Any) -> bool:
+    try:
+        return float(value) == 0.0
+    except (TypeError, ValueError):
+        return False
+
+
+def needs_baseline(base: dict[str, Any], given: dict[str, list[Any]]) -> bool:
+    """True when no point of the grid is a lambda = 0 run: the sweep then adds one per seed."""
+    if "lambda" in given:
+        return not any(_is_zero(v) for v in given["lambda"])
+    return not _is_zero(base.get("lambda"))
+
+
+def check_seeds(seeds: list[int] | None, given: dict[str, list[Any]], max_seeds: int) -> None:
+    """`seeds`: at least one, no repeats, at most REGDIFF_MAX_SWEEP_SEEDS, not also varied as train.seed."""
+    if seeds is None:
+        return
+    if not seeds:
+        raise invalid("seeds", "give at least one training seed (or leave `seeds` out for the base's train.seed)")
+    if len(seeds) > max_seeds:
+        raise invalid("seeds", f"{len(seeds)} seeds; at most {max_seeds} per sweep (REGDIFF_MAX_SWEEP_SEEDS)")
+    repeated = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
+    if repeated is not None:
+        raise invalid("seeds", f"seed {repeated} is given twice; each seed trains every point once")
+    if any(k == "train.seed" or k == "train" for k in given):
+        raise invalid("seeds", "train.seed is also in vary; give the seeds in `seeds` only")
+
+
+def _check_size(given: dict[str, list[Any]], seeds: int, baseline: bool, max_points: int, seeded: bool) -> None:
+    points = 1
+    for values in given.values():
+        points *= len(values)
+    total = (points + baseline) * seeds
+    if total <= max_points:
+        return
+    sizes = " x ".join(str(len(v)) for v in given.values())
+    what = f"{sizes} = {points} points" if len(given) > 1 else f"{points} points"
+    if baseline:
+        what = f"({what} + 1 lambda=0 baseline)"
+    if seeded:
+        what = f"{what} x {seeds} seeds"
+    message = f"{what} = {total} runs; at most {max_points} per sweep (REGDIFF_MAX_SWEEP_POINTS)"
+    raise invalid("seeds" if seeded else "vary", message)
+
+
+def expand(base_spec: dict[str, Any], given: dict[str, list[Any]], max_points: int, *,
+           seeds: list[int] | None = None) -> tuple[dict[str, Any], dict[str, list[Any]], list[RunSpec]]:
+    """(canonical base, vary with values as the specs hold them, one RunSpec per run).
+
+    The runs: the lambda = 0 baseline first when no grid point is one (needs_baseline), then every
+    grid point, each once per seed (train.seed set; without `seeds`, the base's own seed)."""
     try:
         base = RunSpec.model_validate(base_spec).to_json()
     except ValidationError as exc:
@@ -42,12 +91,8 @@ def expand(base_spec: dict[str, Any], given: dict[str, list[Any]],
         raise invalid_fields(errors) from None
     if not given:
         raise invalid("vary", f"give at least one dotted path into the spec and its values ({EXAMPLES})")
-    points = 1
-    for values in given.values():
-        points *= len(values)
-    if points > max_points:
-        sizes = " x ".join(str(len(v)) for v in given.values())
-        raise invalid("vary", f"{sizes} = {points} runs; at most {max_points} per sweep (REGDIFF_MAX_SWEEP_POINTS)")
+    baseline = needs_baseline(base, given)
+    _check_size(given, len(seeds or [None]), baseline, max_points, seeds is not None)
 
     errors: list[dict[str, str]] = []
     for key, values in given.items():
@@ -108,6 +153,11 @@ def expand(base_spec: dict[str, Any], given: dict[str, list[Any]],
                 errors.append({"field": f"vary.{key}", "message": f"value {i} ({given[key][i]!r}) is given twice"})
     if errors:
         raise invalid_fields(errors)
+    if baseline:
+        specs.insert(0, RunSpec.model_validate({**base, "lambda": 0.0}))
+    if seeds is not None:
+        specs = [RunSpec.model_validate(stored.set_path(spec.to_json(), "train.seed", seed))
+                 for spec in specs for seed in seeds]
     return base, vary, specs
 
 
@@ -137,15 +187,20 @@ def _check_against_server(session: Session, settings: Settings, tenant: str, spe
 
 
 def submit(session: Session, settings: Settings, tenant: str, base_spec: dict[str, Any],
-           vary_values: dict[str, list[Any]], *, idempotency_key: str | None = None) -> tuple[Sweep, bool]:
+           vary_values: dict[str, list[Any]], *, seeds: list[int] | None = None,
+           max_fcd_increase: float | None = None, idempotency_key: str | None = None) -> tuple[Sweep, bool]:
     """Expand, check every point against the server, store the sweep and its runs in one
     transaction, then wake a worker per run; returns (sweep, created)."""
-    base, vary, specs = expand(base_spec, vary_values, settings.max_sweep_points)
+    check_seeds(seeds, vary_values, settings.max_sweep_seeds)
+    base, vary, specs = expand(base_spec, vary_values, settings.max_sweep_points, seeds=seeds)
+    options = {"seeds": seeds, "max_fcd_increase": max_fcd_increase}
+    options = options if any(v is not None for v in options.values()) else None
     replay_key = f"sweep:{idempotency_key}:0" if idempotency_key is not None else None
     _check_against_server(session, settings, tenant, specs, vary, replay_key)
     try:
         sweep, created = stored.create_sweep(session=session, tenant=tenant, base=base, vary=vary,
-                                             specs=[s.to_json() for s in specs], idempotency_key=idempotency_key)
+                                             specs=[s.to_json() for s in specs], idempotency_key=idempotency_key,
+                                             options=options)
     except runs.IdempotencyConflict as exc:
         raise idempotency_reused(str(exc)) from None
     session.commit()
@@ -172,9 +227,24 @@ def cancel(session: Session, sweep: Sweep) -> None:
     session.expire_all()
 
 
+def ordered_runs(session: Session, sweep: Sweep) -> list[Run]:
+    """The sweep's runs: an added lambda = 0 baseline first, then grid order, each point's seeds in
+    the order given."""
+    vary = sweep.vary or {}
+    seeds = (sweep.options or {}).get("seeds") or []
+
+    def key(run: Run) -> tuple[bool, tuple[int, ...], int]:
+        order = stored.grid_order(run, vary)
+        added = any(i == len(vary[k]) for i, k in zip(order, vary))  # its point is not in the grid
+        seed = stored.get_path(run.spec, "train.seed")
+        return not added, order, seeds.index(seed) if seed in seeds else 0
+
+    return sorted(stored.sweep_runs(session=session, sweep=sweep), key=key)
+
+
 def members(session: Session, sweep: Sweep) -> tuple[list[Run], str, list[dict[str, Any]]]:
-    """(the sweep's runs in grid order, the sweep's status derived from theirs, each run's point)."""
-    found = stored.sweep_runs(session=session, sweep=sweep)
+    """(the sweep's runs in order (ordered_runs), the sweep's status derived from theirs, each run's point)."""
+    found = ordered_runs(session, sweep)
     return (found, stored.derive_status(r.status for r in found),
             [stored.point_of(r, sweep.vary or {}) for r in found])
 
@@ -185,20 +255,23 @@ def _seconds(run: Run) -> float | None:
     return (as_utc(run.finished_at) - as_utc(run.started_at)).total_seconds()
 
 
-def report(session: Session, sweep: Sweep) -> tuple[list[Run], list[dict[str, Any]], dict[str, float | None]]:
-    """(runs, one report row per run, the reference scores of real data) for the sweep's report."""
-    found = stored.sweep_runs(session=session, sweep=sweep)
+def report(session: Session, sweep: Sweep
+           ) -> tuple[list[Run], list[dict[str, Any]], dict[str, float | None], dict[str, Any]]:
+    """(runs, one report row per run, the reference scores of real data, the points with their
+    verdicts and the best setting (sweep_verdicts.analyse)) for the sweep's report."""
+    found = ordered_runs(session, sweep)
     rows = [reports.row(run_id=r.id, status=r.status, values=stored.point_of(r, sweep.vary or {}), spec=r.spec,
                         evaluation=r.evaluation, seconds=_seconds(r), error=r.error) for r in found]
-    return found, rows, reports.reference([r.evaluation for r in found])
+    return (found, rows, reports.reference([r.evaluation for r in found]),
+            sweep_verdicts.analyse(session, sweep.tenant, sweep, found))
 
 
 def report_png(session: Session, sweep: Sweep) -> bytes:
-    """The report as a figure: a row per run with its preview grid."""
-    found, rows, ref = report(session, sweep)
+    """The report as a figure: the Pareto view of the points, and a row per run with its preview grid."""
+    found, rows, ref, analysis = report(session, sweep)
     grids = []
     for run in found:
         job = runs.preview(session=session, run_id=run.id)
         grids.append(job.grid_png if job is not None else None)
     title = f"sweep {sweep.id} on {(sweep.base or {}).get('dataset', '?')}"
-    return reports.figure_png(title, rows, grids, ref)
+    return reports.figure_png(title, rows, grids, ref, analysis)

@@ -83,7 +83,8 @@ class Settings(BaseSettings):
         2, ge=1, description="uploads parsed at once per api process (each up to max_upload_bytes +"
         " 4 x max_upload_uncompressed_bytes + 32 MiB of memory); more answer 503 uploads-busy")
     upload_channels: tuple[int, ...] = Field((1, 3), description="channel counts an upload may have")
-    max_sweep_points: int = Field(32, ge=1, description="most runs one sweep may create")
+    max_sweep_points: int = Field(32, ge=1, description="most runs one sweep may create (points x seeds + baselines)")
+    max_sweep_seeds: int = Field(8, ge=1, description="most training seeds one sweep may ask for (`seeds`)")
 
     @field_validator("cors_origins", mode="before")
     @classmethod

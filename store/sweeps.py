@@ -122,6 +122,7 @@ def create_sweep(
     vary: dict[str, list[Any]],
     specs: list[dict[str, Any]],
     idempotency_key: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Sweep, bool]:
     """The sweep and one queued run per spec, in the caller's transaction (all or nothing).
 
@@ -130,10 +131,10 @@ def create_sweep(
     for another request.
     """
     if idempotency_key is not None:
-        replay = _replay(session, tenant, idempotency_key, base, vary)
+        replay = _replay(session, tenant, idempotency_key, base, vary, options)
         if replay is not None:
             return replay, False
-    sweep = Sweep(tenant=tenant, base=base, vary=vary)
+    sweep = Sweep(tenant=tenant, base=base, vary=vary, options=options)
     session.add(sweep)
     session.flush()
     for i, spec in enumerate(specs):
@@ -142,19 +143,19 @@ def create_sweep(
                                      sweep_id=sweep.id)
         if not created:  # a concurrent request with this key won: answer with its sweep
             session.rollback()
-            replay = _replay(session, tenant, idempotency_key, base, vary)
+            replay = _replay(session, tenant, idempotency_key, base, vary, options)
             if replay is None:
                 raise runs.IdempotencyConflict(f"sweep:{idempotency_key}:{i}")
             return replay, False
     return sweep, True
 
 
-def _replay(session: Session, tenant: str, key: str, base: dict, vary: dict) -> Sweep | None:
+def _replay(session: Session, tenant: str, key: str, base: dict, vary: dict, options: dict | None) -> Sweep | None:
     first = session.scalar(select(Run).where(Run.tenant == tenant, Run.idempotency_key == f"sweep:{key}:0"))
     if first is None:
         return None
     sweep = get_sweep(session=session, tenant=tenant, sweep_id=first.sweep_id or "")
-    if sweep is None or sweep.base != base or sweep.vary != vary:
+    if sweep is None or sweep.base != base or sweep.vary != vary or (sweep.options or None) != (options or None):
         raise runs.IdempotencyConflict(first.sweep_id or first.id)
     return sweep
 

@@ -155,6 +155,8 @@ class Sweep(Base):
     tenant: Mapped[str] = mapped_column(String(64), index=True)
     base: Mapped[dict[str, Any]]
     vary: Mapped[dict[str, Any]]
+    # {"seeds": [...] | None, "max_fcd_increase": float | None}: request settings besides the grid
+    options: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

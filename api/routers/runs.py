@@ -20,11 +20,13 @@ from api.schemas import (
     EventPublic,
     EventsPublic,
     MetricsPublic,
+    RunComparison,
     RunPublic,
     RunsPublic,
     RunStatus,
 )
 from models.spec import RunSpec
+from service import compare
 from service import runs as service
 from service.errors import Problem
 from store import runs
@@ -80,6 +82,17 @@ def delete_run(run: OwnedRun, session: SessionDep) -> Response:
     """Removes the run with its events, checkpoints and samples; a worker on it stops at its next beat."""
     service.delete(session, run)
     return Response(status_code=204)
+
+
+@router.get("/{run_id}/compare", response_model=RunComparison)
+def compare_run(
+    run: OwnedRun,
+    session: SessionDep,
+    tenant: TenantDep,
+    baseline: Annotated[str, Query(max_length=64, description="the run to compare against, e.g. its lambda=0 twin")],
+) -> RunComparison:
+    """Both runs' penalties and FCDs with 95% intervals (seed variance included), and the verdict."""
+    return RunComparison.model_validate(compare.compare(session, tenant, run, baseline))
 
 
 @router.get("/{run_id}/samples.png", response_class=Response, responses=PNG)

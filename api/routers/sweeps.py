@@ -15,7 +15,7 @@ from api.deps.ownership import OwnedSweep
 from api.deps.pagination import PageDep, next_cursor
 from api.deps.session import SessionDep, SettingsDep
 from api.errors import PROBLEM_RESPONSES
-from api.schemas import SweepCreate, SweepPublic, SweepReport, SweepReportRow, SweepsPublic
+from api.schemas import SweepCreate, SweepPoint, SweepPublic, SweepReport, SweepReportRow, SweepsPublic
 from service import reports
 from service import sweeps as service
 from store.tables import Sweep
@@ -37,8 +37,8 @@ def create_sweep(
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> SweepPublic:
-    sweep, created = service.submit(session, settings, tenant, body.base, body.vary,
-                                    idempotency_key=idempotency_key)
+    sweep, created = service.submit(session, settings, tenant, body.base, body.vary, seeds=body.seeds,
+                                    max_fcd_increase=body.max_fcd_increase, idempotency_key=idempotency_key)
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -66,14 +66,20 @@ def cancel_sweep(sweep: OwnedSweep, session: SessionDep) -> SweepPublic:
 
 @router.get("/{sweep_id}/report", response_model=SweepReport)
 def sweep_report(sweep: OwnedSweep, session: SessionDep) -> SweepReport:
-    """Per run: the varied values, lambda, FCD and confidence, the run's penalty on its samples and
-    on real data, and the time; rows of unfinished runs have None where numbers are still missing."""
+    """Per point (its seeds together): the penalty and FCD with 95% intervals, the change against the
+    lambda=0 baseline and the verdict, and the best setting; per run: the varied values, lambda, FCD
+    and confidence, the run's penalty on its samples and on real data, and the time. Numbers of
+    unfinished runs are None."""
     _, status, _ = service.members(session, sweep)
-    _, rows, ref = service.report(session, sweep)
+    _, rows, ref, analysis = service.report(session, sweep)
     keys = list(sweep.vary or {})
-    return SweepReport(sweep_id=sweep.id, status=status, keys=keys,
+    markdown = reports.points_markdown(analysis["points"], analysis["statement"], ref) + "\n" + reports.markdown(
+        keys, rows, ref)
+    return SweepReport(sweep_id=sweep.id, status=status, keys=keys, seeds=(sweep.options or {}).get("seeds"),
                        rows=[SweepReportRow.model_validate(r) for r in rows], reference=ref,
-                       markdown=reports.markdown(keys, rows, ref))
+                       points=[SweepPoint.model_validate(p) for p in analysis["points"]], best=analysis["best"],
+                       statement=analysis["statement"], pareto=analysis["pareto"],
+                       max_fcd_increase=analysis["max_fcd_increase"], markdown=markdown)
 
 
 @router.get("/{sweep_id}/report.png", response_class=Response, responses=PNG)

@@ -9,7 +9,7 @@ import httpx
 
 from ._http import DEFAULT_TIMEOUT, AsyncTransport, RetryPolicy, SyncTransport, default_headers
 from ._plan import AsyncRunner, Plan, SyncRunner, fetch
-from .resources import AsyncRuns, AsyncSamples, Checkpoints, Datasets, Runs, Samples, Sweeps
+from .resources import AsyncRuns, AsyncSamples, AsyncSweeps, Checkpoints, Datasets, Runs, Samples, Sweeps
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -90,7 +90,7 @@ class Client:
 
 
 class AsyncClient:
-    """The asyncio twin of `Client` (runs, samples and the service calls)."""
+    """The asyncio twin of `Client` (runs, samples, sweeps and the service calls)."""
 
     def __init__(
         self,
@@ -108,6 +108,7 @@ class AsyncClient:
         self._runner = AsyncRunner(transport)
         self.runs = AsyncRuns(self._runner)
         self.samples = AsyncSamples(self._runner)
+        self.sweeps = AsyncSweeps(self._runner)
 
     async def regularizers(self) -> list[dict[str, Any]]:
         return await self._runner.run(_regularizers())

@@ -229,6 +229,27 @@ def runs_delete(ctx: typer.Context, run_id: str, as_json: JsonFlag = False) -> N
         typer.echo(f"Deleted {run_id}")
 
 
+@runs_app.command("compare")
+def runs_compare(
+    ctx: typer.Context,
+    run_id: str,
+    baseline: Annotated[str, typer.Option(help="The run to compare against, e.g. its lambda=0 twin.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Does the extra loss make sense? The run against a baseline: the verdict sentence."""
+    result = ctx.obj.runs.compare(run_id, baseline=baseline)
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(result["verdict"]["sentence"])
+    used = result.get("seed_variance") or {}
+    method = used.get("method", "?")
+    if used.get("runs"):
+        method += f" on {len(used['runs'])} lambda=0 runs"
+    seeds = result.get("seeds") or {}
+    typer.echo(f"(seeds: {seeds.get('run', 1)} vs {seeds.get('baseline', 1)}; seed variance: {method})")
+
+
 @app.command("samples")
 def samples(
     ctx: typer.Context,
@@ -307,14 +328,56 @@ def sweeps_create(
     ctx: typer.Context,
     vary: Annotated[list[str], typer.Option(help="FIELD=V1,V2,...; repeat to vary several fields.")],
     spec: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Base RunSpec JSON.")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Training seeds, e.g. 0,1: every point once per seed.")
+    ] = None,
+    max_fcd_increase: Annotated[
+        float | None, typer.Option(help="The best setting may raise FCD by this much.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Start one run per combination of the --vary values."""
-    sweep = ctx.obj.sweeps.create(base=_read_spec(spec) or {}, vary=_parse_vary(vary))
+    """Start one run per combination of the --vary values (and per seed)."""
+    sweep = ctx.obj.sweeps.create(
+        base=_read_spec(spec) or {}, vary=_parse_vary(vary), seeds=_parse_seeds(seeds),
+        max_fcd_increase=max_fcd_increase,
+    )
     if as_json:
         _print_json(sweep.raw)
     else:
-        typer.echo(f"Created {sweep.id} ({len(sweep.run_ids)} runs)")
+        typer.echo(f"Created {sweep.id} ({len(sweep.run_ids or sweep.runs)} runs)")
+
+
+def _parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected integers like 0,1,2, not {text!r}", param_hint="--seeds") from None
+
+
+def _estimate(value: Any, scale: float = 1, unit: str = "") -> str:
+    if not isinstance(value, dict) or value.get("value") is None:
+        return ""
+    lo, hi = (scale * v for v in value["ci"])
+    return f"{scale * value['value']:.4g}{unit} [{lo:.4g}, {hi:.4g}]"
+
+
+def _render_points(report: dict[str, Any]) -> None:
+    """The report's points with their verdicts, then the recommendation."""
+    rows = []
+    for p in report["points"]:
+        v = p.get("verdict") or {}
+        said = "baseline" if p.get("baseline") else (f"{v['penalty']}, quality {v['quality']}" if v else "")
+        rows.append([p["label"], f"{p.get('evaluated')}/{len(p.get('run_ids') or [])}", _estimate(p.get("penalty")),
+                     _estimate(p.get("relative_change"), 100, "%"), _estimate(p.get("fcd")),
+                     _estimate(p.get("fcd_difference")), said])
+    _table(["POINT", "SEEDS", "PENALTY", "CHANGE", "FCD", "FCD CHANGE", "VERDICT"], rows)
+    real = (report.get("reference") or {}).get("penalty_real")
+    if real is not None:
+        typer.echo(f"penalty on real data: {real:.4g}")
+    typer.echo(f"best: {report.get('best') or 'none'}")
+    typer.echo(report.get("statement", ""))
 
 
 @sweeps_app.command("report")
@@ -326,7 +389,8 @@ def sweeps_report(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """The sweep's runs side by side; -o also saves the report figure."""
+    """Each point with its verdict against the lambda=0 baseline, and the best setting; -o also saves
+    the report figure."""
     client = ctx.obj
     report = client.sweeps.report(sweep_id)
     if output:
@@ -334,6 +398,9 @@ def sweeps_report(
     if as_json:
         _print_json(report)
         return
-    _render(report)
+    if "points" in report:
+        _render_points(report)
+    else:  # an older server: its fields as they come
+        _render(report)
     if output:
         typer.echo(f"Saved {output}")

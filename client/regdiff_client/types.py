@@ -96,6 +96,8 @@ class Sweep(Model):
     base: dict[str, Any] = field(default_factory=dict)
     vary: dict[str, list[Any]] = field(default_factory=dict)
     run_ids: list[str] = field(default_factory=list)
+    seeds: list[int] | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
     created_at: str | None = None
 
 

@@ -137,3 +137,41 @@ def test_pareto_figure_renders() -> None:
               for m in (0.9, 0.8)]
     png = pareto_png("tv on digits", points, verdict.best_setting(points), real_penalty=0.48)
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def _seeds(rng: np.random.Generator, k: int, *, rsd: float, fcd_rsd: float, n: int = 4000) -> list[dict]:
+    """k runs whose penalty mean and FCD carry a seed effect of known relative sd (plus sampling noise)."""
+    return [evaluation(rng, mean=1.0 * (1 + rsd * rng.standard_normal()), fcd=100 * (1 + fcd_rsd * rng.standard_normal()),
+                       n=n, fcd_sd=1.0) for _ in range(k)]
+
+
+def test_a_calibration_on_many_seeds_recovers_the_seed_spread() -> None:
+    """The oracle is the simulation's own seed sd: with 200 runs the prior barely counts, and the
+    sampling noise (sd/sqrt(N) of the mean, the replicates' spread for FCD) is subtracted."""
+    runs = _seeds(np.random.default_rng(3), 200, rsd=0.04, fcd_rsd=0.08)
+    measured = verdict.calibrate(runs, runs=[f"r{i}" for i in range(200)])
+    assert measured.penalty_rsd == pytest.approx(0.04, rel=0.15) and measured.fcd_rsd == pytest.approx(0.08, rel=0.15)
+    assert measured.method == "calibration" and len(measured.runs) == 200
+
+
+def test_a_calibration_on_two_seeds_is_moderated_toward_the_default() -> None:
+    """One degree of freedom against PRIOR_DF: rsd^2 = (s^2 + 2 d^2) / 3, s the two runs' sd (scipy's)."""
+    rng = np.random.default_rng(4)
+    runs = [evaluation(rng, mean=m, n=100_000, cv=0.001) for m in (1.0, 1.1)]  # sampling noise negligible
+    s = stats.tstd([1.0, 1.1]) / 1.05
+    d = verdict.DEFAULT_SEED_VARIANCE.penalty_rsd
+    assert verdict.calibrate(runs).penalty_rsd == pytest.approx(math.sqrt((s**2 + 2 * d**2) / 3), rel=1e-3)
+    identical = [evaluation(rng, mean=1.0), evaluation(rng, mean=1.0)]  # no seed effect: the default, shrunk
+    assert verdict.calibrate(identical).penalty_rsd == pytest.approx(d * math.sqrt(2 / 3), rel=0.05)
+    with pytest.raises(ValueError, match="at least 2"):
+        verdict.calibrate(runs[:1])
+
+
+def test_describe_a_group_of_seeds() -> None:
+    rng = np.random.default_rng(5)
+    group = [evaluation(rng, mean=m) for m in (1.0, 1.1, 0.9)]
+    out = verdict.describe(group)
+    assert out["penalty"]["value"] == pytest.approx(1.0, rel=1e-3)
+    assert out["penalty"]["ci"][0] < 0.95 and out["penalty"]["ci"][1] > 1.05  # the seeds' spread, not just samples
+    assert out["fcd"]["value"] == pytest.approx(100)
+    assert verdict.describe([]) == {"penalty": None, "fcd": None}

@@ -61,6 +61,14 @@ BAD = [
     ({"base": BASE, "vary": {"lambda": list(range(40))}}, "vary", "REGDIFF_MAX_SWEEP_POINTS"),
     ({"base": BASE, "vary": {"dataset": ["mnist-5k", "mnist"], "model.preset": ["unet-s"]}}, "vary.dataset",
      "MNIST/raw"),
+    ({"base": BASE, "vary": {"lambda": [1]}, "seeds": []}, "seeds", "at least one"),
+    ({"base": BASE, "vary": {"lambda": [1]}, "seeds": [0, 3, 0]}, "seeds", "seed 0 is given twice"),
+    ({"base": BASE, "vary": {"lambda": [1]}, "seeds": list(range(9))}, "seeds", "REGDIFF_MAX_SWEEP_SEEDS"),
+    ({"base": BASE, "vary": {"lambda": [1]}, "seeds": [-1]}, "seeds", "between 0 and"),
+    ({"base": BASE, "vary": {"train.seed": [1, 2]}, "seeds": [0, 1]}, "seeds", "only"),
+    ({"base": BASE, "vary": {"lambda": [0.1 * i for i in range(1, 12)]}, "seeds": [0, 1, 2]}, "seeds",
+     "(11 points + 1 lambda=0 baseline) x 3 seeds = 36 runs"),
+    ({"base": BASE, "vary": {"lambda": [1]}, "max_fcd_increase": -1}, "max_fcd_increase", "greater than"),
 ]
 
 

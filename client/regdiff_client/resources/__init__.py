@@ -2,6 +2,6 @@ from .checkpoints import Checkpoints
 from .datasets import Datasets
 from .runs import AsyncRuns, Runs
 from .samples import AsyncSamples, Samples
-from .sweeps import Sweeps
+from .sweeps import AsyncSweeps, Sweeps
 
-__all__ = ["AsyncRuns", "AsyncSamples", "Checkpoints", "Datasets", "Runs", "Samples", "Sweeps"]
+__all__ = ["AsyncRuns", "AsyncSamples", "AsyncSweeps", "Checkpoints", "Datasets", "Runs", "Samples", "Sweeps"]

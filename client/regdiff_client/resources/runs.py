@@ -162,6 +162,10 @@ def _wait(run_id: str, timeout: float | None, raise_on_failure: bool, bar: RunPr
     )
 
 
+def _compare(run_id: str, baseline: str) -> Plan[dict[str, Any]]:
+    return fetch(_run_path(run_id, "/compare"), baseline=baseline)
+
+
 class Runs(SyncResource):
     def create(
         self,
@@ -221,6 +225,11 @@ class Runs(SyncResource):
         """The trained model as a zip of a diffusers pipeline folder."""
         return self._runner.run(download(_run_path(run_id, "/export"), path))
 
+    def compare(self, run_id: str, *, baseline: str) -> dict[str, Any]:
+        """The run against `baseline` (e.g. its lambda=0 twin): both runs' penalties and FCDs with 95%
+        intervals that include seed variance, and `verdict` {penalty, quality, sentence}."""
+        return self._runner.run(_compare(run_id, baseline))
+
 
 class AsyncRuns(AsyncResource):
     async def create(
@@ -273,3 +282,6 @@ class AsyncRuns(AsyncResource):
 
     async def export(self, run_id: str, path: str | Path) -> Path:
         return await self._runner.run(download(_run_path(run_id, "/export"), path))
+
+    async def compare(self, run_id: str, *, baseline: str) -> dict[str, Any]:
+        return await self._runner.run(_compare(run_id, baseline))
