@@ -102,6 +102,9 @@ def create_key(tenant: str) -> tuple[str, str]:
         return row.id, key
 
 
+SDK_HEADERS = {"X-Regdiff-Client": "1"}  # what regdiff_client sends on every request
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
