@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +94,31 @@ def isolated_app(home: Path, *, database_url: str | None = None, **env: str) -> 
                 os.environ[key] = value
         celery_app.app, health.celery_app = saved_celery
         _reset_caches()
+
+
+class LiveServer:
+    """The app under a real uvicorn on a real socket (TCP, or a UNIX socket at `uds`), in a thread of this process."""
+
+    def __init__(self, app, uds: str | None = None):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, uds=uds,
+                                                    log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
 
 
 def create_key(tenant: str) -> tuple[str, str]:
