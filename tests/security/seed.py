@@ -31,7 +31,8 @@ def valid_checkpoint() -> bytes:
     weights = networks.build_unet("unet-xs", 8, 1).state_dict()
     ema = {k: v.clone() for k, v in weights.items()}
     state = checkpoint.TrainState(spec=RunSpec.model_validate(TINY).to_json(), step=10, image_size=8, channels=1,
-                                  model=weights, ema=ema, optimizer={}, rng={}, rng_device="cpu")
+                                  model=weights, ema=ema, optimizer={}, rng={}, rng_device="cpu",
+                                  ema_step=10)
     return checkpoint.to_bytes(state)
 
 
