@@ -13,10 +13,14 @@ from starlette.types import Scope
 from api import errors
 from api.deps.auth import CLIENT_HEADER, DEFAULT_TENANT
 from api.deps.rate_limit import rate_limited
-from api.routers import catalog, checkpoints, datasets, health, runs, samples, sweeps
 from api.rate_limiter import RATE_LIMIT_HEADERS, RateLimiter
-from api.security import (BodyLimitMiddleware, HostAllowlistMiddleware, NulInUrlMiddleware,
-                          SecurityHeadersMiddleware)
+from api.routers import catalog, checkpoints, datasets, health, runs, samples, sweeps
+from api.security import (
+    BodyLimitMiddleware,
+    HostAllowlistMiddleware,
+    NulInUrlMiddleware,
+    SecurityHeadersMiddleware,
+)
 from store.settings import Settings, get_settings, is_loopback
 
 log = logging.getLogger(__name__)

@@ -10,13 +10,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.live import REDIS_URL, check_redis, free_port
+from tests.live import REDIS_URL, check_redis, free_port, wait_ready
 from tests.security.harness import ROOT, bearer, migrated_template
 
 BURST = 4  # requests per window (1 per minute sustained: the window is 4 minutes, no test waits that long)
@@ -43,7 +42,7 @@ def two_apis(tmp_path) -> Iterator[tuple[list[str], str]]:
     _forget_address("127.0.0.1")  # a run of this test minutes ago filled the window
     try:
         for api, url in zip(apis, urls):
-            _wait_up(api, url)
+            wait_ready(api, url, 240, lambda: "\n".join(p.read_text(errors="replace") for p in home.glob("*.log")))
         yield urls, key
     finally:
         for api in apis:
@@ -59,19 +58,6 @@ def _forget_address(address: str) -> None:
 
     storage = storage_from_string(REDIS_URL, key_prefix=KEY_PREFIX)
     storage.clear(window_item(1, BURST).key_for(f"address:{address}"))
-
-
-def _wait_up(api: subprocess.Popen, url: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert api.poll() is None, f"api exited with {api.returncode}"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not start")
 
 
 def _alternate(urls: list[str], headers: dict[str, str], n: int) -> list[httpx.Response]:
