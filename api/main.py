@@ -12,11 +12,17 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 
 from api import docs, errors, metrics
-from api.deps.auth import DEFAULT_TENANT
+from api.deps.auth import CLIENT_HEADER, DEFAULT_TENANT
 from api.deps.rate_limit import rate_limited
+from api.rate_limiter import RATE_LIMIT_HEADERS, RateLimiter
 from api.request_id import RequestIdMiddleware, log_with_request_ids
 from api.routers import catalog, checkpoints, datasets, health, problems, runs, samples, sweeps, ui
-from api.security import BodyLimitMiddleware, NulInUrlMiddleware, RateLimiter, SecurityHeadersMiddleware
+from api.security import (
+    BodyLimitMiddleware,
+    HostAllowlistMiddleware,
+    NulInUrlMiddleware,
+    SecurityHeadersMiddleware,
+)
 from store.settings import Settings, get_settings, is_loopback
 
 log = logging.getLogger(__name__)
@@ -44,7 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (catalog, runs, samples, checkpoints, datasets, sweeps):
         app.include_router(module.router, dependencies=[Depends(rate_limited)])
     app.state.settings = settings
-    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst,
+                                         settings.resolved_rate_limit_storage)
     app.state.upload_slots = threading.BoundedSemaphore(settings.max_concurrent_uploads)
     metrics.install(app, settings)  # innermost middleware: times the app itself
     _install_middleware(app, settings)
@@ -65,9 +72,10 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
-            expose_headers=["Retry-After", "Idempotent-Replayed"], max_age=600,
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", CLIENT_HEADER],
+            expose_headers=["Retry-After", "Idempotent-Replayed", *RATE_LIMIT_HEADERS], max_age=600,
         )
+    app.add_middleware(HostAllowlistMiddleware, settings=settings)  # before CORS and routing: DNS rebinding
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestIdMiddleware)
 

@@ -1,4 +1,5 @@
-"""Transport-level protections: body size limits, security headers, and per-key rate limits.
+"""Transport-level protections: body size limits, security headers, the Host allowlist, and
+what a request's transport says about it (through a proxy? over a UNIX socket? to which name?).
 
 The two middlewares are plain ASGI (no BaseHTTPMiddleware), so they see the receive stream
 itself: a body is counted while it arrives, and refused before the app reads (or Starlette
@@ -12,17 +13,15 @@ of its response. Here an over-limit Content-Length is answered before the app is
 
 from __future__ import annotations
 
+import ipaddress
 import json
-import math
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import problem_body
+from store.settings import Settings, is_loopback
 
 PROBLEM = b"application/problem+json"
 DOCS_PATHS = ("/docs", "/redoc")  # pages that set their own CSP (api/docs.py); their assets may be cached
@@ -30,9 +29,10 @@ DOCS_PATHS = ("/docs", "/redoc")  # pages that set their own CSP (api/docs.py); 
 STRICT_CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 
-async def send_problem(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def send_problem(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = (),
+                       code: str | None = None) -> None:
     """A problem+json answer from a middleware, before (or instead of) the app."""
-    body = json.dumps(problem_body(status, detail)).encode()
+    body = json.dumps(problem_body(status, detail, code=code)).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", PROBLEM), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
@@ -115,7 +115,8 @@ class NulInUrlMiddleware:
 
 
 class SecurityHeadersMiddleware:
-    """nosniff, no framing, no referrer on every response; no-store and a strict CSP off the docs."""
+    """nosniff, no framing, no referrer on every response; no-store and a strict CSP off the docs;
+    the RateLimit-* fields of the caller's window once a rate limit looked at it."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -134,6 +135,7 @@ class SecurityHeadersMiddleware:
                 if not docs:
                     extra.append((b"content-security-policy", STRICT_CSP))
                     extra.append((b"cache-control", b"no-store"))  # per-tenant data: never in shared caches
+                extra += scope.get("state", {}).get("rate_limit_headers", [])  # set by api/rate_limiter.py
                 headers += [(k, v) for k, v in extra if k not in present]
                 message = {**message, "headers": headers}
             await send(message)
@@ -141,55 +143,77 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, with_headers)
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    stamp: float
+# ---- what the transport says about a request ---------------------------------------------------
+
+# A proxy or tunnel in front of the api (nginx, cloudflared, ngrok, a load balancer) adds one of these.
+PROXY_HEADERS = (b"forwarded", b"x-real-ip", b"via", b"cf-connecting-ip")
 
 
-class RateLimiter:
-    """A token bucket per API key, in this process's memory.
-
-    Good enough for one api process: the limit protects the database from one runaway
-    client, not a billing boundary. With N uvicorn workers or replicas each keeps its own
-    buckets, so a key gets up to N times the rate; a shared limit would live in Redis.
-    """
-
-    def __init__(self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self.rate = per_minute / 60.0  # tokens per second
-        self.burst = burst
-        self.clock = clock
-        self._buckets: dict[str, _Bucket] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def enabled(self) -> bool:
-        return self.rate > 0
-
-    def take(self, key: str) -> float:
-        """Spend one token: 0.0 if allowed, else the seconds until one is available."""
-        if not self.enabled:
-            return 0.0
-        now = self.clock()
-        with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                if len(self._buckets) > 10_000:
-                    self._prune(now)
-                bucket = self._buckets[key] = _Bucket(float(self.burst), now)
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
-            bucket.stamp = now
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
-                return 0.0
-            return (1.0 - bucket.tokens) / self.rate
-
-    def _prune(self, now: float) -> None:
-        """Forget buckets that have refilled: they are indistinguishable from new ones."""
-        full = [k for k, b in self._buckets.items() if b.tokens + (now - b.stamp) * self.rate >= self.burst]
-        for key in full:
-            del self._buckets[key]
+def through_proxy(scope: Scope) -> str | None:
+    """The name of the first proxy header of the request, or None."""
+    for name, _ in scope["headers"]:
+        if name in PROXY_HEADERS or name.startswith(b"x-forwarded-"):
+            return name.decode("latin-1")
+    return None
 
 
-def retry_after(seconds: float) -> str:
-    return str(max(1, math.ceil(seconds)))
+def over_socket(scope: Scope) -> bool:
+    """A UNIX socket (uvicorn --uds) has no peer and no server address: anything local may be behind it."""
+    return scope.get("client") is None or scope.get("server") is None
+
+
+def host_name(scope: Scope) -> str | None:
+    """The Host header's name without its port, lower case ("[::1]:8000" -> "::1"); None if absent."""
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value.decode("latin-1").strip().lower()
+            if host.startswith("["):
+                return host[1:].partition("]")[0]
+            return host.rpartition(":")[0] if host.count(":") == 1 else host
+    return None
+
+
+def is_loopback_name(host: str) -> bool:
+    """localhost, *.localhost (RFC 6761: never resolved off the machine), 127.0.0.0/8, ::1."""
+    return host == "localhost" or host.endswith(".localhost") or is_loopback(host)
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class HostAllowlistMiddleware:
+    """400 problem+json for a Host this server was not told it is called by: DNS rebinding.
+
+    A page on an attacker's domain that re-resolves to 127.0.0.1 reaches the api with its own
+    domain as Host; no browser sends a loopback name or a bare IP for it. So loopback names,
+    REGDIFF_HOST, and the IP address the connection arrived on (what a Kubernetes probe or a
+    client dialing the address sends) are always accepted, plus REGDIFF_ALLOWED_HOSTS
+    ("*.example.com" covers subdomains, "*" turns the check off). Every path is checked, the
+    health checks included, so there is one rule to configure."""
+
+    def __init__(self, app: ASGIApp, settings: Settings):
+        self.app = app
+        self.names = {settings.host.strip("[]").lower(), *(h.strip("[]").lower() for h in settings.allowed_hosts)}
+        self.suffixes = tuple(name[1:] for name in self.names if name.startswith("*."))
+
+    def allowed(self, scope: Scope) -> bool:
+        host = host_name(scope)
+        if host is None or "*" in self.names or host in self.names or is_loopback_name(host):
+            return True  # no Host: HTTP/1.0 or a raw client, never a browser
+        server = scope.get("server")
+        if server and is_ip(host) and host == str(server[0]).strip("[]").lower():
+            return True
+        return bool(self.suffixes) and host.endswith(self.suffixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.allowed(scope):
+            return await send_problem(
+                send, 400, f"Host {host_name(scope)!r} is not one this server answers to; add it to"
+                " REGDIFF_ALLOWED_HOSTS (comma-separated) if it is this server's name", code="host-not-allowed")
+        await self.app(scope, receive, send)
+

@@ -33,10 +33,15 @@ class ProblemKind:
 KINDS: dict[str, ProblemKind] = {kind.code: kind for kind in (
     ProblemKind("bad-request", 400, "The request cannot be read: a malformed header, a NUL character in the"
                 " URL or a value that cannot be stored. Fix the request; retrying it as is will fail again."),
+    ProblemKind("host-not-allowed", 400, "The Host header names a server this api does not answer for (a"
+                " DNS-rebinding guard); list the server's names in REGDIFF_ALLOWED_HOSTS."),
     ProblemKind("unauthorized", 401, "No API key, or an unknown or revoked one. Send"
                 " 'Authorization: Bearer <key>'; keys are made with `regdiff-admin keys create`."),
     ProblemKind("forbidden", 403, "This key (or, without a key, this address) may not read this page:"
                 " /metrics answers loopback clients, or any client with an API key."),
+    ProblemKind("cross-site-request", 403, "A state-changing request without an API key must send"
+                " 'Content-Type: application/json' or an 'X-Regdiff-Client' header, which a cross-site page"
+                " cannot forge; the SDK and CLI send it."),
     ProblemKind("not-found", 404, "No such resource for this tenant (another tenant's resources are"
                 " reported exactly like missing ones), or no such path."),
     ProblemKind("method-not-allowed", 405, "The path exists but not with this HTTP method."),

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
         False, description="let REGDIFF_AUTH=off serve a non-loopback REGDIFF_HOST (anyone reaching it is in)")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="browser origins allowed by CORS, comma-separated; empty: CORS off")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host names accepted besides loopback names, REGDIFF_HOST and the address a"
+        " connection arrived on, comma-separated ('*.example.com' for subdomains, '*' for any); any other Host is a 400")
 
     # Limits and quotas (security): a server may tighten RunSpec's own bounds, never widen them.
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest JSON request body")
@@ -54,8 +57,12 @@ class Settings(BaseSettings):
     max_running_runs: int = Field(
         4, ge=1, description="running runs per tenant; a worker leaves further runs queued until one ends")
     rate_limit_per_minute: float = Field(
-        600, ge=0, description="requests per minute per API key (token bucket, per api process); 0: off")
+        600, ge=0, description="requests per minute per API key (and per client address without a valid key),"
+        " shared by every api process through REGDIFF_RATE_LIMIT_STORAGE; 0: off")
     rate_limit_burst: int = Field(60, ge=1, description="requests a key may send at once, then the rate applies")
+    rate_limit_storage: str = Field(
+        "", description="`limits` storage URI (redis://host:6379/1, memory://); default: the broker when it is"
+        " Redis (shared by every api process), else memory (one process: the embedded mode)")
 
     lease_seconds: float = Field(30.0, gt=0, description="a running job's lease; renewed every third of it")
     max_attempts: int = Field(3, ge=1, description="claims of one run before it fails")
@@ -86,9 +93,9 @@ class Settings(BaseSettings):
     max_sweep_points: int = Field(32, ge=1, description="most runs one sweep may create (points x seeds + baselines)")
     max_sweep_seeds: int = Field(8, ge=1, description="most training seeds one sweep may ask for (`seeds`)")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
-    def _split_origins(cls, value: Any) -> Any:
+    def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
@@ -118,6 +125,14 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{(self.home / 'broker.db').resolve()}"
+
+    @property
+    def resolved_rate_limit_storage(self) -> str:
+        if self.rate_limit_storage:
+            return self.rate_limit_storage
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return "memory://"
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -34,7 +34,7 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture
 def client(service: Service) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=service.url, timeout=30) as c:
+    with httpx.Client(base_url=service.url, timeout=30, headers={"X-Regdiff-Client": "1"}) as c:  # as the SDK
         yield c
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,21 @@ def backend_env(backend: str, home: Path) -> tuple[dict[str, str], callable]:
     return env, drop
 
 
+def wait_ready(api: subprocess.Popen, url: str, timeout: float, logs: Callable[[], str]) -> None:
+    """Until the api process at `url` answers /readyz 200; RuntimeError with its logs if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if api.poll() is not None:
+            raise RuntimeError(f"api exited:\n{logs()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"api not ready in {timeout} s:\n{logs()}")
+
+
 @dataclass
 class Service:
     """The api and one worker on one configuration; `url` is the api's base URL."""
@@ -141,17 +157,7 @@ class Service:
         self.worker.wait()
 
     def _wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.api.poll() is not None:
-                raise RuntimeError(f"api exited:\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"api not ready in {timeout} s:\n{self.logs()}")
+        wait_ready(self.api, self.url, timeout, self.logs)
 
     def logs(self, tail: int = 4000) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}" for p in sorted(self.home.glob("*.log")))

@@ -15,8 +15,9 @@ let blobUrls = [];
 // ---- HTTP ------------------------------------------------------------------------------------
 
 function authHeaders() {
+  // X-Regdiff-Client: a keyless state change needs it (a cross-site page cannot send it).
   const key = sessionStorage.getItem(KEY);
-  return key ? { Authorization: "Bearer " + key } : {};
+  return key ? { Authorization: "Bearer " + key, "X-Regdiff-Client": "dashboard" } : { "X-Regdiff-Client": "dashboard" };
 }
 
 class ApiError extends Error {

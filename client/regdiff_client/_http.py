@@ -110,7 +110,9 @@ class _Transport:
 
 
 def default_headers(api_key: str | None) -> dict[str, str]:
-    headers = {"User-Agent": f"regdiff-client/{__version__}", "Accept": "application/json"}
+    """Sent on every request. `X-Regdiff-Client` is the header a cross-site page cannot send, which
+    the server asks of a state-changing request without a key (an upload to a keyless local api)."""
+    headers = {"User-Agent": f"regdiff-client/{__version__}", "Accept": "application/json", "X-Regdiff-Client": "1"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     return headers

@@ -133,6 +133,8 @@ def test_sweeps_and_datasets(api, regdiff, tmp_path):
     data.write_bytes(b"npz")
     assert regdiff("datasets", "upload", str(data)).stdout.strip() == "Uploaded ds_1"
     assert json.loads(regdiff("datasets", "list", "--json").stdout)[0]["name"] == "mine"
+    # the header a keyless local api asks of a multipart upload (a cross-site page cannot send it)
+    assert api.seen and all(seen.headers.get("x-regdiff-client") == "1" for seen in api.seen)
 
 
 def test_unreachable_server_exits_1(api):

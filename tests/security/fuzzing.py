@@ -4,6 +4,10 @@ Every operation gets `max_examples` schema-valid cases and as many schema-invali
 operations with ids in their path get a third batch with ids the caller owns (so the handlers
 behind the ownership check are fuzzed too). A finding is a 5xx (or a crash), or a 4xx that is
 not RFC 9457 problem+json. Used by tests/security/test_fuzz.py and bench/fuzz_report.py.
+
+`fuzz_stateful` walks sequences of calls instead: the OpenAPI document declares no links, but
+schemathesis infers them from the schema (an id in a response feeds the operations that take
+it), so a created run is fetched, cancelled, sampled and deleted within one scenario.
 """
 
 from __future__ import annotations
@@ -97,6 +101,44 @@ def fuzz(app: FastAPI, *, headers: dict[str, str], owned: dict[str, str], max_ex
             except hypothesis.errors.Unsatisfiable:
                 pass  # nothing to make invalid (no parameters, no body): the positive batch covers it
         report.per_operation[label] = report.cases - before
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def fuzz_stateful(app: FastAPI, *, headers: dict[str, str], scenarios: int = 10, steps: int = 6) -> FuzzReport:
+    """`scenarios` sequences of up to `steps` linked calls, every response checked like `fuzz`'s."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    report = FuzzReport()
+    started = time.perf_counter()
+
+    class Machine(schema.as_state_machine()):
+        def before_call(self, case) -> None:
+            case.headers = {**(case.headers or {}), **headers}  # the key, not a generated Authorization value
+
+        def get_call_kwargs(self, case) -> dict:
+            return {"timeout": 30}
+
+        def call(self, case, **kwargs) -> schemathesis.Response:
+            label = case.operation.label
+            report.cases += 1
+            report.per_operation[label] = report.per_operation.get(label, 0) + 1
+            try:
+                return case.call(**kwargs)
+            except CLIENT_SIDE:
+                report.not_sent += 1
+            except Exception as exc:  # the app raised past every handler: a crash
+                report.server_errors += 1
+                report.findings.append(Finding(label, None, f"{type(exc).__name__}: {exc}"[:300],
+                                               f"{case.method} {case.formatted_path}"))
+            hypothesis.reject()  # no response to go on from: end this scenario's branch
+
+        def validate_response(self, response, case, **kwargs) -> None:
+            _check(report, case.operation.label, case, response)  # recorded, never raised
+
+    Machine.run(settings=hypothesis.settings(
+        max_examples=scenarios, stateful_step_count=steps, deadline=None, database=None, derandomize=True,
+        phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
+    report.operations = len(report.per_operation)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -6,17 +6,15 @@ import asyncio
 import io
 import json
 import socket
-import threading
 import time
 import tracemalloc
 
 import numpy as np
 import pytest
-import uvicorn
 
-from api.security import RateLimiter
+from api.rate_limiter import window_item
 from models.uploads import UploadError, parse_upload
-from tests.security.harness import bearer, create_key, operations
+from tests.security.harness import LiveServer, bearer, create_key, operations
 from tests.security.seed import TINY
 
 PROBLEM = "application/problem+json"
@@ -104,31 +102,6 @@ def test_uploads_have_their_own_larger_limit(make_client):
     assert_problem(client.post("/v1/datasets", files={"file": ("big.npz", big * 4, "application/octet-stream")}), 413)
 
 
-class LiveServer:
-    """The app under a real uvicorn on a real socket, in a thread of this process."""
-
-    def __init__(self, app):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 def _read_response(sock: socket.socket) -> bytes:
     data = b""
     while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < 10:
@@ -144,7 +117,7 @@ def test_over_a_real_socket_the_413_arrives_without_the_body(make_client):
     with LiveServer(client.app) as live:
         # 1. Content-Length of 10 GB and not one byte of body: answered at once.
         with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
-            sock.sendall(b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock.sendall(b"POST /v1/runs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 10000000000\r\n\r\n")
             head = _read_response(sock)
         assert head.startswith(b"HTTP/1.1 413"), head[:200]
@@ -153,7 +126,7 @@ def test_over_a_real_socket_the_413_arrives_without_the_body(make_client):
         # 2. Chunked, no length: keep sending until the server answers; it stops long before 256 MiB.
         sent = 0
         with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
-            sock.sendall(b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock.sendall(b"POST /v1/runs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                          b"Transfer-Encoding: chunked\r\n\r\n")
             sock.setblocking(False)
             chunk = b"%x\r\n%s\r\n" % (len(CHUNK), CHUNK)
@@ -182,7 +155,7 @@ def test_over_a_real_socket_the_413_arrives_without_the_body(make_client):
 
 
 def test_the_rate_limit_answers_429_with_retry_after_per_key(make_client):
-    client = make_client(REGDIFF_AUTH="required", REGDIFF_RATE_LIMIT_PER_MINUTE="6", REGDIFF_RATE_LIMIT_BURST="3")
+    client = make_client(REGDIFF_AUTH="required", REGDIFF_RATE_LIMIT_PER_MINUTE="18", REGDIFF_RATE_LIMIT_BURST="3")
     _, key_a = create_key("alice")
     _, key_b = create_key("bob")
     assert [client.get("/v1/runs", headers=bearer(key_a)).status_code for _ in range(3)] == [200] * 3
@@ -205,18 +178,64 @@ def test_without_keys_a_remote_client_has_a_bucket_per_address(make_client):
     assert [remote.get("/v1/runs").status_code for _ in range(3)] == [200, 200, 429]
 
 
-def test_token_bucket_refills_at_the_rate():
-    now = [0.0]
-    limiter = RateLimiter(per_minute=60, burst=2, clock=lambda: now[0])
-    assert limiter.take("k") == 0 and limiter.take("k") == 0
-    assert limiter.take("k") == pytest.approx(1.0)
-    now[0] += 0.5
-    assert limiter.take("k") == pytest.approx(0.5)
-    now[0] += 0.5
-    assert limiter.take("k") == 0
-    now[0] += 100
-    assert [limiter.take("k") for _ in range(3)][:2] == [0, 0]  # refilled to the burst, no further
-    assert RateLimiter(per_minute=0, burst=1).take("k") == 0  # 0: off
+def test_the_window_keeps_the_rate_and_the_burst():
+    """burst requests per burst/rate: a burst at once, then exactly the rate per minute (closed form)."""
+    for per_minute, burst, amount, seconds in [(600, 60, 60, 6), (6, 3, 3, 30), (18, 3, 3, 10), (6000, 60, 100, 1),
+                                               (0.5, 60, 60, 7200)]:
+        item = window_item(per_minute, burst)
+        assert (item.amount, item.get_expiry()) == (amount, seconds)
+        assert item.amount * 60 / item.get_expiry() == pytest.approx(per_minute)
+
+
+def test_rate_limit_headers_on_every_limited_response(make_client):
+    client = make_client(REGDIFF_AUTH="required", REGDIFF_RATE_LIMIT_PER_MINUTE="1", REGDIFF_RATE_LIMIT_BURST="2")
+    _, key = create_key("alice")
+    first, second, third = (client.get("/v1/runs", headers=bearer(key)) for _ in range(3))
+    assert [r.status_code for r in (first, second, third)] == [200, 200, 429]
+    assert [first.headers["ratelimit-limit"], first.headers["ratelimit-remaining"]] == ["2", "1"]
+    assert second.headers["ratelimit-remaining"] == "0" and first.headers["ratelimit-policy"] == "2;w=120"
+    assert third.headers["retry-after"] == third.headers["ratelimit-reset"]
+    assert 1 <= int(third.headers["retry-after"]) <= 120
+    assert "ratelimit-limit" not in client.get("/healthz").headers
+
+
+def test_an_invalid_key_flood_is_throttled_before_the_database(make_client, monkeypatch):
+    """Every 401 spends from the address's window; once empty, keys are not even looked up."""
+    client = make_client(REGDIFF_AUTH="required", REGDIFF_RATE_LIMIT_PER_MINUTE="1", REGDIFF_RATE_LIMIT_BURST="3")
+    from api.deps import auth
+    lookups = []
+    find_key = auth.keys.find_key
+    monkeypatch.setattr(auth.keys, "find_key", lambda **kw: lookups.append(1) or find_key(**kw))
+    statuses = [client.get("/v1/runs", headers=bearer(f"rdk_invented{i}")).status_code for i in range(6)]
+    assert statuses == [401, 401, 401, 429, 429, 429]
+    assert len(lookups) == 3
+    keyless = client.get("/v1/runs")  # a missing key counts against the same address
+    assert assert_problem(keyless, 429)["status"] == 429 and int(keyless.headers["retry-after"]) >= 1
+
+
+def test_loopback_is_not_exempt_once_keys_are_on(make_client):
+    client = make_client(client=("127.0.0.1", 40000), REGDIFF_AUTH="required",
+                         REGDIFF_RATE_LIMIT_PER_MINUTE="1", REGDIFF_RATE_LIMIT_BURST="2")
+    _, key = create_key("alice")
+    assert [client.get("/v1/runs", headers=bearer(key)).status_code for _ in range(3)] == [200, 200, 429]
+    assert [client.get("/v1/runs").status_code for _ in range(3)] == [401, 401, 429]
+
+
+def test_an_unreachable_limit_storage_lets_requests_through_and_says_so(make_client, caplog):
+    client = make_client(REGDIFF_RATE_LIMIT_STORAGE="redis://127.0.0.1:1/0", client=("203.0.113.9", 40000),
+                         REGDIFF_AUTH="off", REGDIFF_HOST="0.0.0.0", REGDIFF_ALLOW_INSECURE="true",
+                         REGDIFF_RATE_LIMIT_PER_MINUTE="1", REGDIFF_RATE_LIMIT_BURST="1")
+    assert [client.get("/v1/runs").status_code for _ in range(2)] == [200, 200]
+    assert "rate limit storage unreachable" in caplog.text
+
+
+def test_the_limit_is_shared_through_the_broker_redis_by_default():
+    from store.settings import Settings
+
+    assert Settings().resolved_rate_limit_storage == "memory://"  # embedded: one api process
+    assert Settings(broker_url="redis://r:6379/0").resolved_rate_limit_storage == "redis://r:6379/0"
+    assert Settings(broker_url="redis://r:6379/0", rate_limit_storage="redis://s:6379/3"
+                    ).resolved_rate_limit_storage == "redis://s:6379/3"
 
 
 # ---- quotas and server caps on a spec -----------------------------------------------------------
