@@ -39,13 +39,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,34 +145,37 @@ def peak_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def time_anchor(data: ImageSet, *, preset: str, batch: int, warmup: int, timed: int,
-                device: torch.device, seed: int, clock: Callable[[], float]) -> Measurement:
-    """The diffusers example's step, eager fp32; clock read after a sync at warm-up end and at the end."""
+def anchor_steps(data: ImageSet, *, preset: str, batch: int, device: torch.device,
+                 seed: int) -> Iterator[tuple[torch.nn.Module, float]]:
+    """The diffusers example's training loop, endless: yields (network, loss) after each step."""
     torch.manual_seed(seed)
     images = to_tensor(data.images, "cpu")  # (N, C, H, W) in [-1, 1], on the host like a dataset
     loader = DataLoader(TensorDataset(images), batch_size=batch, shuffle=True, drop_last=True, num_workers=0)
     net = networks.build_unet(preset, images.shape[2], images.shape[1]).to(device).train()
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     optimizer = torch.optim.AdamW(net.parameters(), lr=2e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    while True:  # epochs; the example re-shuffles each one
+        for (clean,) in loader:
+            clean = clean.to(device)  # (B, C, H, W)
+            noise = torch.randn_like(clean)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), device=device).long()
+            noisy = scheduler.add_noise(clean, noise, t)
+            output = net(noisy, t).sample
+            loss = F.mse_loss(output.float(), noise.float())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            yield net, loss.detach().item()  # the example logs the loss every step: a host sync
+
+
+def time_anchor(data: ImageSet, *, preset: str, batch: int, warmup: int, timed: int,
+                device: torch.device, seed: int, clock: Callable[[], float]) -> Measurement:
+    """The diffusers example's step, eager fp32; clock read after a sync at warm-up end and at the end."""
     reset_peak(device)
-
-    def batches():
-        while True:  # epochs; the example re-shuffles each one
-            yield from loader
-
-    start, loss_value = 0.0, math.nan
-    for step, (clean,) in enumerate(batches(), start=1):
-        clean = clean.to(device)  # (B, C, H, W)
-        noise = torch.randn_like(clean)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), device=device).long()
-        noisy = scheduler.add_noise(clean, noise, t)
-        output = net(noisy, t).sample
-        loss = F.mse_loss(output.float(), noise.float())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        loss_value = loss.detach().item()  # the example logs the loss every step: a host sync
+    start = 0.0
+    steps = anchor_steps(data, preset=preset, batch=batch, device=device, seed=seed)
+    for step, (_, loss_value) in enumerate(steps, start=1):
         if step == warmup:
             sync(device)
             start = clock()

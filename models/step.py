@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -68,7 +69,7 @@ class FiniteWatch:
     """Remembers the first step whose diffusion term, penalty term or gradient norm was
     non-finite, on the device (the gradient norm is the one clipping computed anyway)."""
 
-    TERMS = {1: "diffusion", 2: "penalty", 3: "gradient"}
+    TERMS: ClassVar[dict[int, str]] = {1: "diffusion", 2: "penalty", 3: "gradient"}
 
     def __init__(self, device: torch.device):
         self.step = torch.full((), -1, dtype=torch.long, device=device)

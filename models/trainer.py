@@ -29,9 +29,9 @@ from models.datasets import ImageSet, to_tensor
 from models.devices import resolve_device
 from models.estimators import NetworkCall
 from models.objective import Objective
-from models.step import FiniteWatch, GraphedStep, NonFiniteLoss, StepInputs, Window, make_step
 from models.schedule import make_schedule
 from models.spec import RunSpec
+from models.step import FiniteWatch, GraphedStep, StepInputs, Window, make_step
 
 HOST_SEED_OFFSET = 2**31  # the CPU generator's seed: never equal to a device seed (<= 2**31 - 1)
 
@@ -135,7 +135,7 @@ def train(
     held_out = None
     if cfg.val_every:
         images, held_out = validation.split(images, spec.model.timesteps)
-    n_images, channels, image_size = images.shape[0], images.shape[1], images.shape[2]
+    channels, image_size = images.shape[1], images.shape[2]
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left untouched
         torch.manual_seed(cfg.seed)
         net = networks.build_unet(spec.model.preset, image_size, channels).to(device).train()

@@ -165,7 +165,7 @@ def test_stratified_t_is_uniform_and_the_estimates_are_unbiased():
     counts = torch.bincount(draws.flatten() // 100, minlength=10).numpy()
     assert stats.chisquare(counts).pvalue > 1e-3, counts
     assert ((draws[:, :2] >= 100) & (draws[:, :2] < 300)).all()
-    f = lambda t: (t.double() / 1000) ** 2  # noqa: E731
+    f = lambda t: (t.double() / 1000) ** 2
     estimates = torch.stack([obj.diffusion_mean(f(row)) for row in draws])
     exact = f(torch.arange(1000)).mean()
     assert abs(estimates.mean() - exact) < 4 * estimates.std() / len(draws) ** 0.5
