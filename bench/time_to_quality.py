@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = [("anchor (diffusers-style loop)", train_anchor, args.budget),
             ("regdiff defaults", train_regdiff, args.budget),
             ("regdiff defaults, half the budget", train_regdiff, args.budget / 2)]
-    lines = [f"digits, unet-xs, batch 64, budget {args.budget:g} CPU s (1 thread), {args.samples} DDIM-50"
-             f" samples per model, seed {args.seed}; `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`", "",
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    lines = [(f"digits, unet-xs, batch 64, budget {args.budget:g} CPU s (1 thread), {args.samples} DDIM-50"
+              f" samples per model, seed {args.seed}; `{command}`"), "",
              "| model | budget s | steps | FCD | FCD 95% CI | noise floor |", "|---|---:|---:|---:|---|---:|"]
     for label, fit, budget in runs:
         net, steps = fit(data, budget, args.seed)
