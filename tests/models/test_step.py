@@ -9,13 +9,14 @@ plain PyTorch: tracing only, no inductor build.
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from models import networks
 from models.objective import Objective
 from models.schedule import make_schedule
 from models.spec import RunSpec
 from models.step import StepInputs
-from models.trainer import _penalty, autocast_call
+from models.trainer import _penalty, autocast_call, uses_bf16, uses_graphs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,3 +74,25 @@ def test_the_loss_traces_as_one_graph_and_matches_eager(kind):
     torch.testing.assert_close(traced, eager)
     for got, want in zip(traced_grads, eager_grads, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_speed_defaults_per_device_and_preset():
+    """precision auto: fp32 on the CPU and for the launch-bound small UNets on CUDA, bf16 for unet-m;
+    compile auto: CUDA graphs on CUDA only (a device object needs no GPU to be asked about)."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+
+    def spec(preset, **train):
+        return RunSpec.model_validate({"dataset": "upload:x", "model": {"preset": preset}, "train": train})
+
+    assert [uses_bf16(spec(p), cuda) for p in ("unet-xs", "unet-s", "unet-m")] == [False, False, True]
+    assert not uses_bf16(spec("unet-m"), cpu) and not uses_bf16(spec("unet-m", precision="fp32"), cuda)
+    assert uses_bf16(spec("unet-s", precision="bf16"), cuda)
+    assert uses_graphs(spec("unet-s"), cuda) and not uses_graphs(spec("unet-s"), cpu)
+    assert not uses_graphs(spec("unet-s", compile="off"), cuda)
+
+
+def test_unknown_compile_value_names_the_field():
+    with pytest.raises(ValidationError) as info:
+        RunSpec.model_validate({"train": {"compile": "max-autotune"}})
+    (error,) = info.value.errors()
+    assert error["loc"] == ("train", "compile") and "'auto' or 'off'" in error["msg"]
