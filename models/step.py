@@ -173,8 +173,8 @@ def make_step(
         parts.total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)  # () on the device
         optimizer.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, inputs.ema_weight)
+        with torch.no_grad():  # a list of device weights: a lone tensor weight would be read on the host
+            torch._foreach_lerp_(ema_params, params, [inputs.ema_weight] * len(params))
         watch.update(parts, grad_norm, inputs.step)
         window.add(parts)
 

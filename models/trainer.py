@@ -32,6 +32,7 @@ from models.objective import Objective
 from models.schedule import make_schedule
 from models.spec import RunSpec
 from models.step import FiniteWatch, GraphedStep, StepInputs, Window, make_step
+from models.step import NonFiniteLoss  # noqa: F401 (what train() raises: callers import it from here)
 
 HOST_SEED_OFFSET = 2**31  # the CPU generator's seed: never equal to a device seed (<= 2**31 - 1)
 
