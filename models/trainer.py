@@ -31,8 +31,14 @@ from models.estimators import NetworkCall
 from models.objective import Objective
 from models.schedule import make_schedule
 from models.spec import RunSpec
-from models.step import FiniteWatch, GraphedStep, StepInputs, Window, make_step
-from models.step import NonFiniteLoss  # noqa: F401 (what train() raises: callers import it from here)
+from models.step import (
+    FiniteWatch,
+    GraphedStep,
+    NonFiniteLoss,  # noqa: F401 (what train() raises: callers import it from here)
+    StepInputs,
+    Window,
+    make_step,
+)
 
 HOST_SEED_OFFSET = 2**31  # the CPU generator's seed: never equal to a device seed (<= 2**31 - 1)
 
