@@ -201,7 +201,8 @@ class Objective:
             return LossParts(diffusion, diffusion, zero, zero, zero)
         if self.stratified:
             penalty = self.ddim_penalty(net, output, x_t, t, cut)  # (M,)
-            t_pen, count = t[: penalty.shape[0]], float(penalty.shape[0])
+            t_pen = t[: penalty.shape[0]]
+            count = penalty.new_full((), penalty.shape[0])  # a fill, not a host-to-device copy
             weighted = self.fraction * (lam_eff * self.weight(t_pen) * penalty).mean()
         else:
             mask = self.mask(t)  # (B,)
@@ -213,5 +214,5 @@ class Objective:
             diffusion=diffusion,
             penalty_weighted=weighted,
             penalty_sum=penalty.sum(),
-            penalty_count=torch.as_tensor(count, dtype=penalty.dtype, device=penalty.device),
+            penalty_count=count,
         )
