@@ -151,6 +151,8 @@ def train(
     graphs = uses_graphs(spec, device)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, fused=device.type == "cuda", capturable=graphs)
     gen = torch.Generator(device).manual_seed(cfg.seed)
+    # the host stream: nothing draws from it since the DDIM cut moved to the device; kept (seeded,
+    # saved, restored) so checkpoints keep their rng.host tensor and older ones still resume
     host_gen = torch.Generator().manual_seed(cfg.seed + HOST_SEED_OFFSET)
     step = ema_step = 0
 
