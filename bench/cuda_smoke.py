@@ -6,7 +6,8 @@
 tests/models cannot run on the GPU machine as they are (tests/conftest.py imports the service
 stack: sqlalchemy, and they build everything on the CPU anyway), so this exercises the CUDA paths
 directly and fails loudly (exit 1) on a non-finite loss, a wrong dtype or a broken sampler:
-  1. tweedie TV at every t (t_max 1000), bf16 autocast (precision auto), `--steps` steps;
+  1. tweedie TV at every t (t_max 1000), precision auto (fp32 for the small presets), `--steps` steps,
+     then bf16 autocast; CUDA only: the captured-graph step (train.compile auto) against eager, same seed;
   2. ddim K=4, backprop through a random cut of the last 2 calls, gradient checkpointing, t_max 200;
   3. 64 samples with each sampler (ddpm, ddim, dpm_solver; 10 steps), uint8 and not constant;
   4. CUDA only: host syncs per training step, counted with torch.cuda.set_sync_debug_mode("warn")
@@ -27,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from models import checkpoint
 from models.datasets import ImageSet, load_builtin
 from models.devices import resolve_device
 from models.samplers import SAMPLERS, sample_from_state
@@ -82,11 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         print(f"device {torch.cuda.get_device_name(device)}, torch {torch.__version__}, cuda {torch.version.cuda}")
 
-    # 1. bf16 autocast on CUDA (precision auto), every sample penalised.
+    # 1. precision auto (fp32 for the small presets), every sample penalised; then bf16 autocast;
+    #    then the same run eagerly: a captured CUDA graph must compute what the eager step computes.
     s = spec(args, reg_schedule={"t_max": 1000}, estimator={"kind": "tweedie"})
-    assert uses_bf16(s, device) == (device.type == "cuda"), "precision auto must mean bf16 on CUDA only"
+    assert not uses_bf16(s, device), "precision auto must mean fp32 for unet-xs/unet-s"
     result = train(s, data, device=device)
     check_finite(f"tweedie t<1000, {args.steps} steps", result.metrics)
+    bf16 = spec(args, reg_schedule={"t_max": 1000}, train={"precision": "bf16"})
+    check_finite("tweedie t<1000, bf16 autocast", train(bf16, data, device=device).metrics)
+    if device.type == "cuda":
+        print(f"ok  CUDA graph capture: {result.metrics['compile_seconds']:.2f} s")
+        eager = train(spec(args, reg_schedule={"t_max": 1000}, train={"compile": "off"}), data, device=device)
+        graphed, plain = checkpoint.from_bytes(result.state), checkpoint.from_bytes(eager.state)
+        worst = max((graphed.model[k] - plain.model[k]).abs().max().item() for k in plain.model)
+        print(f"{'ok ' if worst < 1e-3 else 'BAD'} graphs vs eager, {args.steps} steps: max weight difference {worst:.2e}")
+        assert worst < 1e-3, "the captured step drifted from the eager one"
 
     # 2. ddim with a random cut and gradient checkpointing (torch.utils.checkpoint under autocast).
     ddim = spec(args, train={"steps": max(args.steps // 2, 2)},

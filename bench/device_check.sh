@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # One GPU check for regdiff, run on the device machine from the repo root with `.whl` carried:
 #
-#     bash bench/device_check.sh            # about 6-7 minutes on an H100; give the call timeout_s 600
+#     bash bench/device_check.sh            # about 7-8 minutes on an H100/H200; give the call timeout_s 600
 #
 # Stages, each time-boxed with `timeout` and run whatever the previous one did:
-#   (a) smoke     bench/cuda_smoke.py: bf16 training, ddim + checkpointing, samplers, host syncs per step
-#   (b) throughput bench/train_throughput.py --device cuda: anchor vs regdiff vs each estimator
-#   (c) sweep     bench/lambda_sweep.py on mnist-5k / unet-s: lambda in {0,.03,.1,.3,1} + ddim 4:1@0.3
-# Outputs under $OUT (one folder deep, 5 files): log.txt (everything, the smoke check's lines too),
-# throughput_cuda.md, sweep/sweep.md, sweep/sweep.json, sweep/sweep.png; each bench rewrites its
-# files after every variant or run, so a stage cut by its time box keeps what it finished.
-# Budget: stage limits 60 + 200 + 290 s plus ~20 s of install and versions: at most ~570 s.
-# SWEEP_STEPS (default 600) sets the sweep's training steps per run (6 runs).
+#   (a) smoke      bench/cuda_smoke.py: precision auto = fp32, bf16, graphs vs eager, ddim + checkpointing,
+#                  samplers, host syncs per step
+#   (b) tp128      bench/train_throughput.py --device cuda --batch 128: anchor vs regdiff eager vs regdiff
+#                  CUDA graphs (vanilla, tweedie, ddim K=2/4), bf16; 3 interleaved rounds, spread shown
+#   (c) tp512      the same at batch 512, 2 rounds, plus DDIM-50 sampling images/s (DDIMPipeline anchor)
+#   (d) sweep      only with LAMBDA_SWEEP=1: bench/lambda_sweep.py on mnist-5k / unet-s (science, not perf)
+# Outputs under $OUT (one folder deep): log.txt (everything), throughput_128.md, throughput_512.md and,
+# with LAMBDA_SWEEP=1, sweep/sweep.{md,json,png}; each bench rewrites its file after every variant.
+# Budget: stage limits 60 + 200 + 260 s plus ~20 s of install and versions: at most ~540 s.
 set -u -o pipefail
 
 OUT="${OUT:-/tmp/regdiff-device-out}"
@@ -55,22 +56,26 @@ EOF
 
 if [ "${BENCH_DEVICE:-cuda}" = cpu ]; then  # a rehearsal of this script on a CPU box, tiny sizes
   SMOKE=(--device cpu --dataset digits --preset unet-xs --batch 32 --steps 6)
-  THROUGHPUT=(--device cpu --warmup 2 --steps 3 --only anchor,vanilla,tweedie,ddim2-g1)
+  TP128=(--device cpu --batch 32 --warmup 2 --steps 3 --repeats 2 --only anchor,vanilla,tweedie,ddim2-g1)
+  TP512=(--device cpu --batch 64 --warmup 2 --steps 2 --repeats 2 --only anchor,vanilla --sample 8)
   SWEEP=(--device cpu --dataset digits --preset unet-xs --steps 10 --eval-samples 16 --eval-steps 5
          --classifier-steps 20 --lambdas 0,1)
 else
   SMOKE=(--device cuda)
-  THROUGHPUT=(--device cuda --steps 100)
+  TP128=(--device cuda --batch 128 --warmup 10 --steps 40 --repeats 3)
+  TP512=(--device cuda --batch 512 --warmup 6 --steps 20 --repeats 2 --sample 512)
   SWEEP=(--device cuda --dataset mnist-5k --preset unet-s --steps "$SWEEP_STEPS" --eval-samples 256)
 fi
-stage smoke 40 python3 bench/cuda_smoke.py "${SMOKE[@]}" --cache-dir "$CACHE"
-stage throughput 120 python3 bench/train_throughput.py "${THROUGHPUT[@]}" --cache-dir "$CACHE" \
-  --out "$OUT/throughput_cuda.md"
-stage sweep 150 python3 bench/lambda_sweep.py "${SWEEP[@]}" --cache-dir "$CACHE" --out "$OUT/sweep"
+stage smoke 60 python3 bench/cuda_smoke.py "${SMOKE[@]}" --cache-dir "$CACHE"
+stage tp128 200 python3 bench/train_throughput.py "${TP128[@]}" --cache-dir "$CACHE" --out "$OUT/throughput_128.md"
+stage tp512 260 python3 bench/train_throughput.py "${TP512[@]}" --cache-dir "$CACHE" --out "$OUT/throughput_512.md"
+if [ "${LAMBDA_SWEEP:-0}" = 1 ]; then
+  stage sweep 290 python3 bench/lambda_sweep.py "${SWEEP[@]}" --cache-dir "$CACHE" --out "$OUT/sweep"
+fi
 
-echo
-echo "=== throughput_cuda.md"; cat "$OUT/throughput_cuda.md" 2>/dev/null
-echo "=== sweep/sweep.md"; cat "$OUT/sweep/sweep.md" 2>/dev/null
+for f in throughput_128.md throughput_512.md sweep/sweep.md; do
+  [ -f "$OUT/$f" ] && { echo; echo "=== $f"; cat "$OUT/$f"; }
+done
 echo "=== done in $(( $(date +%s) - T0 ))s: ${SUMMARY:-}"
 exec 1>&- 2>&-  # let tee see the end of its input and finish writing log.txt before the call returns
 wait "$TEE_PID" 2>/dev/null || sleep 1

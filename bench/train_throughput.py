@@ -1,21 +1,25 @@
 """Training throughput: regdiff's trainer against a diffusers-example-style loop, side by side.
 
     .venv/bin/python bench/train_throughput.py                      # CPU: digits, unet-xs, batch 64
-    python3 bench/train_throughput.py --device cuda --out t.md      # CUDA: mnist-5k, unet-s, batch 128
+    python3 bench/train_throughput.py --device cuda --batch 128,512 --out t.md   # CUDA: mnist-5k, unet-s
 
-Variants (all in one process, one after the other, `--repeats` interleaved rounds, `--stat` per variant):
+Variants (all in one process, `--repeats` interleaved rounds per batch size, `--stat` per variant):
   anchor        the loop of diffusers' examples/unconditional_image_generation/train_unconditional.py
                 reduced to its compute: the same UNet (models.networks.build_unet), a DataLoader over a
                 TensorDataset on the host (shuffle, drop_last, each batch copied to the device),
                 DDPMScheduler.add_noise, MSE on eps, AdamW with the example's hyperparameters, grad-norm
                 clipping at 1, `loss.item()` every step (the example logs it), eager fp32, no EMA.
-  vanilla       models.trainer.train with lambda 0, as the worker calls it (bf16 autocast and fused
-                AdamW on CUDA, EMA, the dataset as one device tensor).
-  vanilla-fp32  the same with train.precision fp32 (CUDA only: on the CPU it is `vanilla`).
+  vanilla       models.trainer.train with lambda 0, as the worker calls it, defaults: on CUDA the step
+                captured as a CUDA graph (train.compile auto), precision auto (fp32 for unet-xs/s),
+                fused capturable AdamW, EMA, the dataset as one device tensor.
+  *-eager       the same with train.compile off (on the CPU every variant is eager).
+  vanilla-bf16  train.precision bf16 (the old CUDA default).
   tweedie       lambda 0.1, TV, tweedie x0_hat, reg_schedule.t_max 1000 (every sample pays).
-  ddimK-gG      (ddim2-g1, ddim2-g2, ddim4-g1, ddim4-g4) lambda 0.1, TV, ddim estimator with K steps and backprop through the last G calls,
-                t_max 1000 (every sample pays; the default t_max 200 makes ~20% pay).
-  tweedie-t200  tweedie with the default t_max 200 (not in the default list; `--only` it).
+  ddimK-gG      (ddim2-g1, ddim2-g2, ddim4-g1, ddim4-g4) lambda 0.1, TV, ddim estimator with K steps and backprop
+                through the last G calls, t_max 1000 (every sample pays; the default t_max 200 makes ~20% pay).
+  tweedie-t200  tweedie with the default t_max 200 (not in the default lists; `--only` it).
+`--sample N` adds a second table: DDIM-50 sampling images/s, diffusers' DDIMPipeline (anchor) against
+models.samplers.sample, the same random-weight UNet, N images per call.
 
 Timing. regdiff: train.steps = warm-up + timed, train.log_every = warm-up, checkpoint_every off.
 The trainer syncs with the device to read its metrics on every log step, then calls `on_log`;
@@ -35,13 +39,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,20 +64,30 @@ from models.trainer import TrainHooks, train
 
 PENALISED = {"lambda": 0.1, "regularizer": "tv", "reg_schedule": {"t_max": 1000}}
 
-# key -> (label, RunSpec overrides); None marks the anchor loop.
+# key -> (label, RunSpec overrides); None marks the anchor loop. regdiff's default (train.compile auto) is
+# a captured CUDA graph per step on CUDA and eager on the CPU; the "-eager" variants turn it off.
+EAGER = {"compile": "off"}
+DDIM2 = {**PENALISED, "estimator": {"kind": "ddim", "steps": 2, "grad_steps": 1}}
+DDIM4 = {**PENALISED, "estimator": {"kind": "ddim", "steps": 4, "grad_steps": 1}}
 VARIANTS: dict[str, tuple[str, dict | None]] = {
     "anchor": ("diffusers-style loop (anchor)", None),
     "vanilla": ("regdiff vanilla (lambda 0)", {"lambda": 0.0}),
     "tweedie": ("tweedie TV, t<1000", {**PENALISED, "estimator": {"kind": "tweedie"}}),
-    "ddim2-g1": ("ddim K=2 grad 1, t<1000", {**PENALISED, "estimator": {"kind": "ddim", "steps": 2, "grad_steps": 1}}),
+    "ddim2-g1": ("ddim K=2 grad 1, t<1000", DDIM2),
     "ddim2-g2": ("ddim K=2 grad 2, t<1000", {**PENALISED, "estimator": {"kind": "ddim", "steps": 2, "grad_steps": 2}}),
-    "ddim4-g1": ("ddim K=4 grad 1, t<1000", {**PENALISED, "estimator": {"kind": "ddim", "steps": 4, "grad_steps": 1}}),
+    "ddim4-g1": ("ddim K=4 grad 1, t<1000", DDIM4),
     "ddim4-g4": ("ddim K=4 grad 4, t<1000", {**PENALISED, "estimator": {"kind": "ddim", "steps": 4, "grad_steps": 4}}),
-    "vanilla-fp32": ("regdiff vanilla, fp32", {"lambda": 0.0, "train": {"precision": "fp32"}}),
+    "vanilla-eager": ("regdiff vanilla, eager", {"lambda": 0.0, "train": EAGER}),
+    "tweedie-eager": ("tweedie TV, t<1000, eager", {**PENALISED, "estimator": {"kind": "tweedie"}, "train": EAGER}),
+    "ddim2-g1-eager": ("ddim K=2 grad 1, t<1000, eager", {**DDIM2, "train": EAGER}),
+    "ddim4-g1-eager": ("ddim K=4 grad 1, t<1000, eager", {**DDIM4, "train": EAGER}),
+    "vanilla-bf16": ("regdiff vanilla, bf16 autocast", {"lambda": 0.0, "train": {"precision": "bf16"}}),
     "tweedie-t200": ("tweedie TV, t<200 (default)", {"lambda": 0.1, "regularizer": "tv",
                                                       "estimator": {"kind": "tweedie"}}),
 }
-DEFAULT_KEYS = ["anchor", "vanilla", "tweedie", "ddim2-g1", "ddim2-g2", "ddim4-g1", "ddim4-g4", "vanilla-fp32"]
+DEFAULT_KEYS = ["anchor", "vanilla", "tweedie", "ddim2-g1", "ddim2-g2", "ddim4-g1", "ddim4-g4"]
+CUDA_KEYS = ["anchor", "vanilla-eager", "vanilla", "tweedie-eager", "tweedie", "ddim2-g1-eager", "ddim2-g1",
+             "ddim4-g1-eager", "ddim4-g1", "vanilla-bf16"]
 TWEEDIE_TARGET = 1.10  # the issue's target: the Tweedie penalty costs at most 10% over vanilla
 
 # Per device: dataset, preset, batch, warm-up steps, timed steps, rounds, statistic, clock. On the
@@ -84,7 +97,7 @@ TWEEDIE_TARGET = 1.10  # the issue's target: the Tweedie penalty costs at most 1
 # interleaved rounds of 6 timed steps (30 per variant), the least disturbed (fastest) reported.
 DEFAULTS = {
     "cpu": ("digits", "unet-xs", 64, 2, 6, 5, "best", "cpu"),
-    "cuda": ("mnist-5k", "unet-s", 128, 10, 200, 1, "median", "wall"),
+    "cuda": ("mnist-5k", "unet-s", 128, 10, 60, 3, "median", "wall"),
 }
 
 
@@ -132,34 +145,37 @@ def peak_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def time_anchor(data: ImageSet, *, preset: str, batch: int, warmup: int, timed: int,
-                device: torch.device, seed: int, clock: Callable[[], float]) -> Measurement:
-    """The diffusers example's step, eager fp32; clock read after a sync at warm-up end and at the end."""
+def anchor_steps(data: ImageSet, *, preset: str, batch: int, device: torch.device,
+                 seed: int) -> Iterator[tuple[torch.nn.Module, float]]:
+    """The diffusers example's training loop, endless: yields (network, loss) after each step."""
     torch.manual_seed(seed)
     images = to_tensor(data.images, "cpu")  # (N, C, H, W) in [-1, 1], on the host like a dataset
     loader = DataLoader(TensorDataset(images), batch_size=batch, shuffle=True, drop_last=True, num_workers=0)
     net = networks.build_unet(preset, images.shape[2], images.shape[1]).to(device).train()
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     optimizer = torch.optim.AdamW(net.parameters(), lr=2e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    while True:  # epochs; the example re-shuffles each one
+        for (clean,) in loader:
+            clean = clean.to(device)  # (B, C, H, W)
+            noise = torch.randn_like(clean)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), device=device).long()
+            noisy = scheduler.add_noise(clean, noise, t)
+            output = net(noisy, t).sample
+            loss = F.mse_loss(output.float(), noise.float())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            yield net, loss.detach().item()  # the example logs the loss every step: a host sync
+
+
+def time_anchor(data: ImageSet, *, preset: str, batch: int, warmup: int, timed: int,
+                device: torch.device, seed: int, clock: Callable[[], float]) -> Measurement:
+    """The diffusers example's step, eager fp32; clock read after a sync at warm-up end and at the end."""
     reset_peak(device)
-
-    def batches():
-        while True:  # epochs; the example re-shuffles each one
-            yield from loader
-
-    start, loss_value = 0.0, math.nan
-    for step, (clean,) in enumerate(batches(), start=1):
-        clean = clean.to(device)  # (B, C, H, W)
-        noise = torch.randn_like(clean)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), device=device).long()
-        noisy = scheduler.add_noise(clean, noise, t)
-        output = net(noisy, t).sample
-        loss = F.mse_loss(output.float(), noise.float())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        loss_value = loss.detach().item()  # the example logs the loss every step: a host sync
+    start = 0.0
+    steps = anchor_steps(data, preset=preset, batch=batch, device=device, seed=seed)
+    for step, (_, loss_value) in enumerate(steps, start=1):
         if step == warmup:
             sync(device)
             start = clock()
@@ -191,7 +207,7 @@ def time_regdiff(overrides: dict, data: ImageSet, *, dataset: str, preset: str, 
     return Measurement(seconds, batch, timed, result.metrics["loss"], peak_mib(device))
 
 
-def environment(device: torch.device, args: argparse.Namespace) -> list[str]:
+def environment(device: torch.device, args: argparse.Namespace, batch: int) -> list[str]:
     import diffusers
 
     if device.type == "cuda":
@@ -203,7 +219,7 @@ def environment(device: torch.device, args: argparse.Namespace) -> list[str]:
         f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; device: {name}",
         (f"- torch {torch.__version__}, diffusers {diffusers.__version__}, python {platform.python_version()};"
          f" load average at start: {load}"),
-        (f"- {args.dataset}, {args.preset}, batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps"
+        (f"- {args.dataset}, {args.preset}, batch {batch}, {args.warmup} warm-up + {args.steps} timed steps"
          f" per call, {args.repeats} interleaved round(s), {args.stat} round reported, {args.clock} clock"),
         f"- command: `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`",
     ]
@@ -244,7 +260,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dataset", help="default: digits on cpu, mnist-5k on cuda")
     p.add_argument("--preset", help="default: unet-xs on cpu, unet-s on cuda")
-    p.add_argument("--batch", type=int, help="default: 64 on cpu, 128 on cuda")
+    p.add_argument("--batch", help="comma-separated batch sizes, one table each (default: 64 on cpu, 128 on cuda)")
     p.add_argument("--warmup", type=int, help="untimed steps per call (default: 2 on cpu, 10 on cuda)")
     p.add_argument("--steps", type=int, help="timed steps per call (default: 6 on cpu, 200 on cuda)")
     p.add_argument("--repeats", type=int, help="rounds over all variants (default: 5 on cpu, 1 on cuda)")
@@ -257,12 +273,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    " intra-op threads stall each other, measured 10x slower under load)")
     p.add_argument("--cache-dir", default="var/bench-cache", help="uint8 .npz cache of the datasets")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample", type=int, default=0, help="also time DDIM-50 sampling of this many images (0: off)")
     p.add_argument("--out", type=Path, help="also write the markdown table here (rewritten after each variant)")
     args = p.parse_args(argv)
     dataset, preset, batch, warmup, steps, repeats, stat, clock = DEFAULTS[args.device]
     args.dataset = args.dataset or dataset
     args.preset = args.preset or preset
-    args.batch = args.batch or batch
+    args.batches = [int(b) for b in args.batch.split(",")] if args.batch else [batch]
     args.warmup = args.warmup or warmup
     args.steps = args.steps or steps
     args.repeats = args.repeats or repeats
@@ -270,8 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.clock = args.clock or clock
     if args.device == "cuda" and args.clock == "cpu":
         p.error("--clock cpu measures host work only; on cuda use wall (the default)")
-    keys = args.only.split(",") if args.only else [k for k in DEFAULT_KEYS
-                                                    if not (k == "vanilla-fp32" and args.device == "cpu")]
+    keys = args.only.split(",") if args.only else (CUDA_KEYS if args.device == "cuda" else DEFAULT_KEYS)
     unknown = [k for k in keys if k not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
@@ -285,10 +301,22 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads or 1)
     device = resolve_device(args.device)
     data = load_builtin(args.dataset, Path(args.cache_dir))
-    header = environment(device, args)
-    rows = [Row(k, VARIANTS[k][0], args.stat) for k in args.keys]
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    common = {"preset": args.preset, "batch": args.batch, "warmup": args.warmup, "timed": args.steps,
+    out = ""
+    for batch in args.batches:
+        out += throughput_table(args, data, device, batch, clock) + "\n"
+    if args.sample:
+        out += sampling_table(args, data, device, clock)
+    print(out, end="")
+    if args.out:
+        args.out.write_text(out)
+
+
+def throughput_table(args: argparse.Namespace, data: ImageSet, device: torch.device, batch: int,
+                     clock: Callable[[], float]) -> str:
+    header = environment(device, args, batch)
+    rows = [Row(k, VARIANTS[k][0], args.stat) for k in args.keys]
+    common = {"preset": args.preset, "batch": batch, "warmup": args.warmup, "timed": args.steps,
               "device": device, "seed": args.seed, "clock": clock}
     if device.type == "cuda":  # clocks up, context, cuDNN and cuBLAS handles: before any variant's window
         time_anchor(data, **{**common, "warmup": 5, "timed": 20})
@@ -301,15 +329,54 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 m = time_regdiff(overrides, data, dataset=args.dataset, **common)
             row.runs.append(m)
-            print(f"[round {round_ + 1}] {row.label}: {m.images_per_second:,.0f} images/s"
+            print(f"[batch {batch} round {round_ + 1}] {row.label}: {m.images_per_second:,.0f} images/s"
                   f" (loss {m.final_loss:.4f}; call {time.perf_counter() - started:.1f} s)", file=sys.stderr,
                   flush=True)
             if args.out:
                 args.out.write_text(table(rows, header, device))
-    print(table(rows, header, device), end="")
-    if args.out:
-        args.out.write_text(table(rows, header, device))
+    return table(rows, header, device)
 
+
+def sampling_table(args: argparse.Namespace, data: ImageSet, device: torch.device,
+                   clock: Callable[[], float]) -> str:
+    """DDIM-50 images/s: diffusers' DDIMPipeline (anchor) vs models.samplers.sample, interleaved rounds."""
+    from diffusers import DDIMPipeline
+
+    from models import samplers
+    from models.spec import ModelSpec
+
+    shape = (data.images.shape[3], data.images.shape[1], data.images.shape[2])  # (C, H, W)
+    net = networks.build_unet(args.preset, shape[1], shape[0]).to(device).eval().requires_grad_(False)
+    scheduler = samplers.make_scheduler(ModelSpec(preset=args.preset), "ddim")
+    pipeline = DDIMPipeline(unet=net, scheduler=samplers.make_scheduler(ModelSpec(preset=args.preset), "ddim"))
+    pipeline.set_progress_bar_config(disable=True)
+    n = args.sample
+
+    def anchor() -> None:
+        pipeline(batch_size=n, num_inference_steps=50, output_type="np",
+                 generator=torch.Generator(device).manual_seed(0))
+
+    def regdiff() -> None:
+        with torch.no_grad():
+            samplers.sample(net, scheduler, n=n, shape=shape, steps=50, eta=0.0,
+                            generator=torch.Generator(device).manual_seed(0))
+
+    rates: dict[str, list[float]] = {"diffusers DDIMPipeline (anchor)": [], "regdiff samplers.sample": []}
+    for _ in range(args.repeats):
+        for label, fn in zip(rates, (anchor, regdiff), strict=True):
+            sync(device)
+            started = clock()
+            fn()
+            sync(device)
+            rates[label].append(n / (clock() - started))
+    anchor_rate = statistics.median(rates["diffusers DDIMPipeline (anchor)"])
+    lines = [f"DDIM-50 sampling, {n} images per call, {args.preset}, {args.repeats} round(s), median:", "",
+             "| sampler | images/s | vs anchor | spread |", "|---|---:|---:|---:|"]
+    for label, values in rates.items():
+        median = statistics.median(values)
+        spread = f"{100 * (max(values) - min(values)) / median:.0f}%" if len(values) > 1 else "-"
+        lines.append(f"| {label} | {median:,.1f} | {median / anchor_rate:.2f}x | {spread} |")
+    return "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     main()

@@ -64,6 +64,7 @@ def ddim_x0(
     grad_steps: int,
     checkpointing: bool = False,
     first_output: Tensor | None = None,
+    cut: Tensor | None = None,
 ) -> Tensor:
     """K DDIM steps from x_t to 0; gradients flow through the last `grad_steps` calls only.
 
@@ -72,6 +73,11 @@ def ddim_x0(
     (x_t, t) from the diffusion-loss pass, saving one call; it is detached when that call
     lies before the cut. With `checkpointing`, each differentiable call is recomputed in the
     backward pass instead of storing its activations (memory for compute).
+
+    `cut` (a 0-dim long tensor in [1, grad_steps], from `draw_cut`) narrows the truncation on
+    the device: only the last `cut` calls pass gradient; the outputs of the differentiable calls
+    before it are replaced by their detached values (`torch.where` on the device, so one graph
+    serves every cut and no value is read on the host). Their backward still runs, through zeros.
     """
     assert 1 <= grad_steps <= steps, f"need 1 <= grad_steps ({grad_steps}) <= steps ({steps})"
     times = ddim_timesteps(t, steps)
@@ -84,9 +90,13 @@ def ddim_x0(
         else:
             with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
                 if differentiable and checkpointing:
-                    output = checkpoint(net, x, t_k, use_reentrant=False)
+                    # no RNG state to stash: the UNet has no dropout, and reading the CUDA RNG
+                    # state is not allowed while a CUDA graph is being captured
+                    output = checkpoint(net, x, t_k, use_reentrant=False, preserve_rng_state=False)
                 else:
                     output = net(x, t_k)
+        if cut is not None and differentiable and k < steps - 1:  # the last call is always inside the cut
+            output = torch.where(k >= steps - cut, output, output.detach())
         x0_k, eps_k = parameterization.to_x0_eps(prediction, output, x, *schedule.coeffs(t_k))
         if k + 1 < steps:
             a_next, s_next = schedule.coeffs(times[k + 1])
@@ -94,13 +104,14 @@ def ddim_x0(
     return x0_k
 
 
-def draw_grad_steps(grad_steps: int, random_cut: bool, generator: torch.Generator) -> int:
-    """How many last calls are differentiable this training step.
+def draw_cut(grad_steps: int, random_cut: bool, generator: torch.Generator) -> Tensor | None:
+    """How many last calls pass gradient this training step, as a 0-dim long tensor on the
+    generator's device, or None (all `grad_steps` of them).
 
-    With `random_cut` (AlignProp-style), k ~ Uniform{1, ..., grad_steps}, drawn once per
-    training step for the whole batch from the trainer's CPU generator (so runs and resumes
-    stay reproducible, and no device sync is needed); otherwise k = grad_steps.
+    With `random_cut` (AlignProp-style), k ~ Uniform{1, ..., grad_steps}, drawn once per training
+    step for the whole batch from the trainer's device generator: runs and resumes stay
+    reproducible, and nothing is read on the host (the step can be one CUDA graph).
     """
-    if not random_cut:
-        return grad_steps
-    return int(torch.randint(1, grad_steps + 1, (), generator=generator))
+    if not random_cut or grad_steps == 1:
+        return None
+    return torch.randint(1, grad_steps + 1, (), generator=generator, device=generator.device)

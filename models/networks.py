@@ -18,6 +18,10 @@ class Preset:
     attention: tuple[bool, ...]  # per level, from the top
     norm_num_groups: int = 8
     doc: str = ""
+    # what `train.precision: auto` means on CUDA: fp32 where it measured fastest. The small UNets are
+    # launch-bound: on an H200 (unet-s, batch 128) bf16 autocast ran at 0.83x the fp32 anchor loop's
+    # images/s and fp32 at 1.09x (bench/README.md). unet-m is not measured; bf16 pays off for larger convs.
+    cuda_precision: str = "fp32"
     down_block_types: tuple[str, ...] = field(init=False)
     up_block_types: tuple[str, ...] = field(init=False)
 
@@ -36,7 +40,7 @@ PRESETS: dict[str, Preset] = {
     "unet-xs": Preset(8, 16, (32, 64), 1, (False, False), doc="CPU-friendly, 8x8 to 16x16"),
     "unet-s": Preset(16, 32, (32, 64, 64), 2, (False, False, True), doc="MNIST-sized, 16 to 32 px"),
     "unet-m": Preset(32, 64, (64, 128, 256, 256), 2, (False, False, True, True), norm_num_groups=32,
-                     doc="32 to 64 px, RGB"),
+                     doc="32 to 64 px, RGB", cuda_precision="bf16"),
 }
 
 

@@ -26,9 +26,19 @@ The mean is over the whole batch, masked samples included (their penalty is 0): 
 [t_min, t_max) applies the penalty to fewer samples per batch, so sweeping t_max also changes the
 penalty's effective strength (about proportionally to the fraction of t inside the mask).
 
-The penalty is skipped entirely (no x0_hat, no regularizer call) when lam_eff is 0, so a
-lambda=0 run costs exactly a vanilla run. All loss math is fp32 (the network wrapper casts
-its output), so eps-prediction near t=T gives large but finite x0_hat, never NaN.
+Static shapes, for a step captured as one CUDA graph (models/step.py): the DDIM penalty runs on
+a fixed-size sub-batch, the batch's first M = round(B f) samples, f = (t_max - t_min) / T, whose
+t is drawn in [t_min, t_max) directly; the other B - M draw t from the rest of [0, T) (`draw_t`).
+That is stratified sampling of the same uniform t: the diffusion loss weighs the two strata by f
+and 1 - f, and the penalty term is f * mean_m[lam_eff w(t_m) L'(x0_hat_m)], the same expectation
+as the masked batch mean above (Tweedie keeps the mask: it costs nothing per masked sample).
+With B = 1 the single sample is always in [t_min, t_max) (no second stratum to weigh).
+
+The penalty is skipped entirely (no x0_hat, no regularizer call) when lambda is 0 and on the
+steps that `every` skips (the caller passes lam_eff=None: a fixed second graph, chosen by the
+step number). Otherwise lam_eff is a 0-dim device tensor that multiplies the penalty, so the
+warm-up from lam_eff = 0 never changes the graph. All loss math is fp32 (the network wrapper
+casts its output), so eps-prediction near t=T gives large but finite x0_hat, never NaN.
 """
 
 from __future__ import annotations
@@ -67,7 +77,32 @@ class Objective:
         self.estimator = spec.estimator
         self.reg = spec.reg_schedule
         self.lam = spec.lambda_
-        self.penalty = penalty
+        self.penalty = penalty if spec.lambda_ > 0 else None
+        self.fraction = (self.reg.t_max - self.reg.t_min) / schedule.timesteps  # f: share of t penalised
+        self.stratified = self.penalty is not None and self.estimator.kind == "ddim"
+
+    def applies(self, step: int) -> bool:
+        """Whether step `step` computes the penalty at all (lambda > 0, one step in `every`)."""
+        return self.penalty is not None and step % self.reg.every == 0
+
+    def penalty_batch(self, batch: int) -> int:
+        """M, the DDIM penalty sub-batch: round(B f), at least 1, and below B unless f = 1."""
+        if self.fraction == 1.0 or batch == 1:
+            return batch
+        return min(max(round(batch * self.fraction), 1), batch - 1)
+
+    def draw_t(self, batch: int, generator: torch.Generator) -> Tensor:
+        """t `(B,)` on the generator's device: uniform on [0, T), or for the DDIM penalty stratified,
+        the first M in [t_min, t_max) and the rest in [0, t_min) + [t_max, T)."""
+        device, T = generator.device, self.schedule.timesteps
+        if not self.stratified:
+            return torch.randint(T, (batch,), generator=generator, device=device)
+        m, lo, width = self.penalty_batch(batch), self.reg.t_min, self.reg.t_max - self.reg.t_min
+        inside = torch.randint(lo, lo + width, (m,), generator=generator, device=device)
+        if m == batch:
+            return inside
+        rest = torch.randint(T - width, (batch - m,), generator=generator, device=device)
+        return torch.cat([inside, rest + width * (rest >= lo)])
 
     def lambda_at(self, step: int) -> float:
         """Lambda after the linear warm-up from 0 (what gets logged as `lambda`)."""
@@ -77,9 +112,18 @@ class Objective:
 
     def lambda_eff(self, step: int) -> float:
         """The factor multiplying the penalty on this step, `every` scaling included."""
-        if self.penalty is None or step % self.reg.every:
+        if not self.applies(step):
             return 0.0
         return self.lambda_at(step) * self.reg.every
+
+    def diffusion_mean(self, diffusion: Tensor) -> Tensor:
+        """The batch's estimate of E_t[diffusion] from per-sample losses `(B,)`: the plain mean, or
+        for stratified t the strata means weighed by their share of [0, T)."""
+        batch = diffusion.shape[0]
+        m = self.penalty_batch(batch)
+        if not self.stratified or m == batch:
+            return diffusion.mean()
+        return self.fraction * diffusion[:m].mean() + (1 - self.fraction) * diffusion[m:].mean()
 
     def mask(self, t: Tensor) -> Tensor:  # (B,) bool
         return (t >= self.reg.t_min) & (t < self.reg.t_max)
@@ -106,45 +150,33 @@ class Objective:
             )
         return loss
 
-    def penalty_per_sample(
-        self,
-        net: estimators.NetworkCall,
-        output: Tensor,
-        x_t: Tensor,
-        t: Tensor,
-        mask: Tensor,
-        generator: torch.Generator,
-    ) -> Tensor:
-        """L'(x0_hat) `(B,)`, exactly 0 outside the mask.
-
-        Tweedie is computed for the whole batch and masked (no extra network call, static
-        shapes, no sync). DDIM costs K-1 network calls per sample, so it runs on the masked
-        samples only; selecting them (`nonzero`) is one host sync per step, small next to
-        those calls.
-        """
+    def tweedie_penalty(self, output: Tensor, x_t: Tensor, t: Tensor, mask: Tensor) -> Tensor:
+        """L'(x0_hat) `(B,)` for the whole batch from the diffusion pass's output, exactly 0 outside
+        the mask (no extra network call, static shapes, no sync)."""
         assert self.penalty is not None
-        if self.estimator.kind == "tweedie":
-            x0_hat = estimators.tweedie_x0(output, x_t, t, self.schedule, self.prediction)
-            return torch.where(mask, self.penalty(x0_hat), 0.0)
-        idx = mask.nonzero().squeeze(1)  # (M,)
-        per_sample = output.new_zeros(t.shape)  # (B,)
-        if idx.numel() == 0:
-            return per_sample
-        grad_steps = estimators.draw_grad_steps(
-            self.estimator.grad_steps, self.estimator.random_cut, generator
-        )
+        x0_hat = estimators.tweedie_x0(output, x_t, t, self.schedule, self.prediction)
+        return torch.where(mask, self.penalty(x0_hat), 0.0)
+
+    def ddim_penalty(
+        self, net: estimators.NetworkCall, output: Tensor, x_t: Tensor, t: Tensor, cut: Tensor | None
+    ) -> Tensor:
+        """L'(x0_hat) `(M,)` on the penalty sub-batch, the first M samples (their t is in
+        [t_min, t_max) by `draw_t`); K-1 network calls each, the first reused from `output`."""
+        assert self.penalty is not None
+        m = self.penalty_batch(t.shape[0])
         x0_hat = estimators.ddim_x0(
             net,
-            x_t[idx],
-            t[idx],
+            x_t[:m],
+            t[:m],
             self.schedule,
             self.prediction,
             steps=self.estimator.steps,
-            grad_steps=grad_steps,
+            grad_steps=self.estimator.grad_steps,
             checkpointing=self.estimator.checkpointing,
-            first_output=output[idx],
+            first_output=output[:m],
+            cut=cut,
         )  # (M, C, H, W)
-        return per_sample.index_copy(0, idx, self.penalty(x0_hat))
+        return self.penalty(x0_hat)
 
     def __call__(
         self,
@@ -153,27 +185,34 @@ class Objective:
         t: Tensor,
         noise: Tensor,
         *,
-        step: int,
-        generator: torch.Generator,
+        lam_eff: Tensor | float | None,
+        cut: Tensor | None = None,
     ) -> LossParts:
-        """Loss for a batch x0 `(B, C, H, W)` at times t `(B,)` with noise `(B, C, H, W)`.
+        """Loss for a batch x0 `(B, C, H, W)` at times t `(B,)` (from `draw_t`) with noise `(B, C, H, W)`.
 
-        `generator` is a CPU generator for host-side draws (the DDIM random cut).
+        `lam_eff`: the penalty's factor this step (`lambda_eff`; a 0-dim device tensor in the
+        trainer), None on the steps without a penalty. `cut`: the DDIM random cut (`draw_cut`).
         """
         x_t = self.schedule.add_noise(x0, t, noise)
         output = net(x_t, t)  # (B, C, H, W) fp32
-        diffusion = self.diffusion_loss(output, x0, noise, t)  # (B,)
-        zero = diffusion.new_zeros(())
-        lam_eff = self.lambda_eff(step)
-        if lam_eff == 0.0:
-            return LossParts(diffusion.mean(), diffusion.mean(), zero, zero, zero)
-        mask = self.mask(t)  # (B,)
-        penalty = self.penalty_per_sample(net, output, x_t, t, mask, generator)  # (B,)
-        weighted = lam_eff * self.weight(t) * penalty  # (B,); penalty is 0 outside the mask
+        diffusion = self.diffusion_mean(self.diffusion_loss(output, x0, noise, t))  # ()
+        if lam_eff is None or self.penalty is None:
+            zero = diffusion.new_zeros(())
+            return LossParts(diffusion, diffusion, zero, zero, zero)
+        if self.stratified:
+            penalty = self.ddim_penalty(net, output, x_t, t, cut)  # (M,)
+            t_pen = t[: penalty.shape[0]]
+            count = penalty.new_full((), penalty.shape[0])  # a fill, not a host-to-device copy
+            weighted = self.fraction * (lam_eff * self.weight(t_pen) * penalty).mean()
+        else:
+            mask = self.mask(t)  # (B,)
+            penalty = self.tweedie_penalty(output, x_t, t, mask)  # (B,); 0 outside the mask
+            count = mask.sum().to(penalty.dtype)
+            weighted = (lam_eff * self.weight(t) * penalty).mean()
         return LossParts(
-            total=(diffusion + weighted).mean(),
-            diffusion=diffusion.mean(),
-            penalty_weighted=weighted.mean(),
+            total=diffusion + weighted,
+            diffusion=diffusion,
+            penalty_weighted=weighted,
             penalty_sum=penalty.sum(),
-            penalty_count=mask.sum().to(penalty.dtype),
+            penalty_count=count,
         )

@@ -3,9 +3,11 @@
 Speed habits (see docs/CONTRACTS.md): the whole dataset is one tensor on the device, batch
 indices, t and noise come from a torch.Generator on the device, and the host only reads
 device values (`.item()`, `.cpu()`) on log and checkpoint steps; between them, metrics and
-the first non-finite step are accumulated on the device. Reproducibility: every random draw
-comes from two generators seeded from `spec.train.seed` (one on the device, one on the CPU
-for host-side choices), both saved in checkpoints, so a resumed run continues bit for bit.
+the first non-finite step are accumulated on the device. The step itself (models/step.py)
+reads fixed device buffers only, so on CUDA (`train.compile: auto`) it runs as a captured
+CUDA graph. Reproducibility: every random draw comes from the device generator seeded from
+`spec.train.seed` (a second, CPU generator is kept in checkpoints for the format but no longer
+drawn from), saved in checkpoints, so a resumed run continues bit for bit.
 
 Fine-tuning (`init_weights`, the worker's init_from) continues the source's EMA: its weights
 and its warm-up position (`ema_step`), so the average is not overwritten within a few steps;
@@ -26,24 +28,19 @@ from models import checkpoint, networks, regularizers, validation
 from models.datasets import ImageSet, to_tensor
 from models.devices import resolve_device
 from models.estimators import NetworkCall
-from models.objective import LossParts, Objective
+from models.objective import Objective
 from models.schedule import make_schedule
 from models.spec import RunSpec
+from models.step import (
+    FiniteWatch,
+    GraphedStep,
+    NonFiniteLoss,  # noqa: F401 (what train() raises: callers import it from here)
+    StepInputs,
+    Window,
+    make_step,
+)
 
 HOST_SEED_OFFSET = 2**31  # the CPU generator's seed: never equal to a device seed (<= 2**31 - 1)
-
-
-class NonFiniteLoss(ValueError):
-    """The loss or the gradient became NaN/inf; names the first step and the term
-    (diffusion, penalty or gradient: a finite loss can still have a NaN gradient)."""
-
-    def __init__(self, step: int, term: str):
-        what = "gradient" if term == "gradient" else f"{term} loss"
-        super().__init__(
-            f"non-finite {what} at step {step}; lower train.lr or lambda, or narrow reg_schedule"
-        )
-        self.step = step
-        self.term = term
 
 
 @dataclass(frozen=True)
@@ -65,16 +62,25 @@ class TrainResult:
 
 
 def uses_bf16(spec: RunSpec, device: torch.device) -> bool:
-    """bf16 autocast on CUDA only: on CPU it is slower than fp32 for these small convs."""
-    return device.type == "cuda" and spec.train.precision in ("auto", "bf16")
+    """bf16 autocast on CUDA only (on the CPU it is slower than fp32 for these small convs); `auto`
+    takes the preset's measured choice (models/networks.py: fp32 for the launch-bound small UNets)."""
+    if device.type != "cuda" or spec.train.precision == "fp32":
+        return False
+    return spec.train.precision == "bf16" or networks.PRESETS[spec.model.preset].cuda_precision == "bf16"
+
+
+def uses_graphs(spec: RunSpec, device: torch.device) -> bool:
+    """`train.compile: auto` captures the step as a CUDA graph on CUDA; the CPU always runs eagerly."""
+    return device.type == "cuda" and spec.train.compile == "auto"
 
 
 def autocast_call(net: UNet2DModel, bf16: bool) -> NetworkCall:
     """The UNet as a plain (x_t, t) -> output function, under bf16 autocast if asked, output
-    cast back to fp32 so all loss math is fp32."""
+    cast back to fp32 so all loss math is fp32. No autocast weight cache: a CUDA graph capture
+    must not keep casts made outside it."""
 
     def call_net(x: Tensor, t: Tensor) -> Tensor:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
             return net(x, t).sample.float()
 
     return call_net
@@ -100,61 +106,12 @@ def ema_decay(ema_step: int, target: float) -> float:
 
 
 def update_ema(ema_params: list[Tensor], params: list[Tensor], ema_step: int, target: float) -> float:
-    """ema <- decay * ema + (1 - decay) * params, in place; returns the decay used."""
+    """ema <- decay * ema + (1 - decay) * params, in place; returns the decay used (the training
+    step does the same lerp inside models/step.py, with 1 - decay in a device buffer)."""
     decay = ema_decay(ema_step, target)
     with torch.no_grad():
         torch._foreach_lerp_(ema_params, params, 1 - decay)
     return decay
-
-
-class _Window:
-    """Running sums of the loss parts between two log steps, kept on the device."""
-
-    def __init__(self, device: torch.device):
-        self.sums = torch.zeros(5, device=device)
-        self.steps = 0
-
-    def add(self, parts: LossParts) -> None:
-        self.sums += torch.stack(
-            [parts.total, parts.diffusion, parts.penalty_weighted, parts.penalty_sum, parts.penalty_count]
-        ).detach()
-        self.steps += 1
-
-    def read(self) -> dict[str, float]:
-        """Means over the window (host sync) and reset. penalty_raw is 0 if it never applied."""
-        total, diffusion, weighted, pen_sum, pen_count = (self.sums / max(self.steps, 1)).tolist()
-        self.sums.zero_()
-        self.steps = 0
-        return {
-            "loss": total,
-            "diffusion_loss": diffusion,
-            "penalty_weighted": weighted,
-            "penalty_raw": pen_sum / pen_count if pen_count else 0.0,
-        }
-
-
-class _FiniteWatch:
-    """Remembers the first step whose diffusion term, penalty term or gradient norm was
-    non-finite, on the device (the gradient norm is the one clipping computed anyway)."""
-
-    TERMS = {1: "diffusion", 2: "penalty", 3: "gradient"}
-
-    def __init__(self, device: torch.device):
-        self.step = torch.full((), -1, dtype=torch.long, device=device)
-        self.term = torch.zeros((), dtype=torch.long, device=device)
-
-    def update(self, parts: LossParts, grad_norm: Tensor, step: int) -> None:
-        term = torch.where(parts.diffusion.isfinite(), 0, 1)
-        term = torch.where((term == 0) & ~parts.penalty_weighted.isfinite(), 2, term)
-        term = torch.where((term == 0) & ~grad_norm.isfinite(), 3, term)
-        first = (self.step < 0) & (term > 0)
-        self.step = torch.where(first, step, self.step)
-        self.term = torch.where(first, term, self.term)
-
-    def check(self) -> None:
-        step, term = int(self.step), int(self.term)  # host sync
-        if step >= 0:
-            raise NonFiniteLoss(step, self.TERMS[term])
 
 
 def _penalty(spec: RunSpec) -> regularizers.WeightedSum | None:
@@ -185,14 +142,17 @@ def train(
     held_out = None
     if cfg.val_every:
         images, held_out = validation.split(images, spec.model.timesteps)
-    n_images, channels, image_size = images.shape[0], images.shape[1], images.shape[2]
+    channels, image_size = images.shape[1], images.shape[2]
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left untouched
         torch.manual_seed(cfg.seed)
         net = networks.build_unet(spec.model.preset, image_size, channels).to(device).train()
     ema = copy.deepcopy(net).requires_grad_(False)
     params, ema_params = list(net.parameters()), list(ema.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, fused=device.type == "cuda")
+    graphs = uses_graphs(spec, device)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, fused=device.type == "cuda", capturable=graphs)
     gen = torch.Generator(device).manual_seed(cfg.seed)
+    # the host stream: nothing draws from it since the DDIM cut moved to the device; kept (seeded,
+    # saved, restored) so checkpoints keep their rng.host tensor and older ones still resume
     host_gen = torch.Generator().manual_seed(cfg.seed + HOST_SEED_OFFSET)
     step = ema_step = 0
 
@@ -236,25 +196,22 @@ def train(
     schedule = make_schedule(spec.model, device)
     objective = Objective(spec, schedule, _penalty(spec))
     call_net = autocast_call(net, uses_bf16(spec, device))
-    window, watch = _Window(device), _FiniteWatch(device)
+    window, watch = Window(device), FiniteWatch(device)
+    inputs = StepInputs.allocate(images, cfg.batch_size, objective)
+    run_step = make_step(
+        call_net=call_net, objective=objective, inputs=inputs, optimizer=optimizer, params=params,
+        ema_params=ema_params, grad_clip=cfg.grad_clip, window=window, watch=watch,
+    )
+    graphed = GraphedStep(run_step, device) if graphs else None
     metrics: dict[str, float] = {}
     val_loss: Tensor | None = None  # the latest held-out loss, read (host sync) on log steps
+    logged_at = step
 
     # 3. The loop: no host sync except on log and checkpoint steps.
     while step < cfg.steps:
-        idx = torch.randint(n_images, (cfg.batch_size,), generator=gen, device=device)  # (B,)
-        x0 = images[idx]  # (B, C, H, W)
-        t = torch.randint(schedule.timesteps, (cfg.batch_size,), generator=gen, device=device)  # (B,)
-        noise = torch.randn(x0.shape, generator=gen, device=device)  # (B, C, H, W)
-        parts = objective(call_net, x0, t, noise, step=step, generator=host_gen)
-
-        optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)  # () on the device
-        optimizer.step()
-        decay = update_ema(ema_params, params, ema_step, cfg.ema_decay)
-        watch.update(parts, grad_norm, step)
-        window.add(parts)
+        decay = ema_decay(ema_step, cfg.ema_decay)
+        inputs.fill(images, objective, gen, step=step, lam_eff=objective.lambda_eff(step), ema_weight=1 - decay)
+        (graphed or run_step)(objective.applies(step))
         step += 1
         ema_step += 1
         if held_out is not None and step % cfg.val_every == 0:
@@ -264,13 +221,16 @@ def train(
         if step % cfg.log_every == 0 or last:
             watch.check()
             metrics = {
-                **window.read(),
+                **window.read(step - logged_at),
                 "lambda": objective.lambda_at(step - 1),
                 "lr": cfg.lr,
                 "ema_horizon": 1 / (1 - decay),  # steps the EMA averages over now
             }
+            logged_at = step
             if val_loss is not None:  # the latest, in every log: the run's metrics are the last log
                 metrics["val_loss"] = val_loss.item()
+            if graphed is not None:  # CUDA graph capture so far, outside the steps' own time
+                metrics["compile_seconds"] = graphed.capture_seconds
             hooks.on_log(step, metrics)
             if hooks.should_stop():
                 return TrainResult(step, stopped=True, state=snapshot(), metrics=metrics)

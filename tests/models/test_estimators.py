@@ -117,6 +117,22 @@ def test_x0_hat_is_not_clipped_and_keeps_its_gradient():
 
 def test_random_cut_draws_every_depth_from_one_to_grad_steps():
     g = torch.Generator().manual_seed(0)
-    draws = {estimators.draw_grad_steps(4, True, g) for _ in range(200)}
+    draws = {int(estimators.draw_cut(4, True, g)) for _ in range(200)}
     assert draws == {1, 2, 3, 4}
-    assert estimators.draw_grad_steps(4, False, g) == 4
+    assert estimators.draw_cut(4, False, g) is None and estimators.draw_cut(1, True, g) is None
+
+
+@pytest.mark.parametrize("steps,grad_steps,cut", [(2, 2, 1), (4, 3, 2), (4, 4, 4)])
+def test_a_device_cut_gives_the_gradient_of_that_truncation(steps, grad_steps, cut):
+    """ddim_x0(grad_steps=G, cut=k) equals the no_grad truncation ddim_x0(grad_steps=k): same x0_hat,
+    same parameter gradients (the reference builds no graph before the cut at all)."""
+    results = []
+    for kwargs in ({"grad_steps": grad_steps, "cut": torch.tensor(cut)}, {"grad_steps": cut}):
+        net, (x_t, t) = TinyNet(), batch()
+        x0 = estimators.ddim_x0(net, x_t, t, SCHEDULE, "epsilon", steps=steps, **kwargs)
+        TV(x0).sum().backward()
+        results.append((x0.detach(), [p.grad for p in net.parameters()]))
+    (x0_cut, grads_cut), (x0_ref, grads_ref) = results
+    assert torch.equal(x0_cut, x0_ref)
+    for got, want in zip(grads_cut, grads_ref, strict=True):
+        torch.testing.assert_close(got, want)

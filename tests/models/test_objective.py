@@ -32,11 +32,11 @@ def test_t_max_masks_the_penalty_exactly():
     x0, t, noise = batch([0, 199, 200, 999])
     x_t = obj.schedule.add_noise(x0, t, noise)
     output = net(x_t, t)
-    penalty = obj.penalty_per_sample(net, output, x_t, t, obj.mask(t), torch.Generator())
+    penalty = obj.tweedie_penalty(output, x_t, t, obj.mask(t))
     expected = TV(estimators.tweedie_x0(output, x_t, t, obj.schedule, "epsilon"))
     assert torch.equal(penalty[:2], expected[:2])
     assert torch.equal(penalty[2:], torch.zeros(2))
-    parts = obj(net, x0, t, noise, step=0, generator=torch.Generator())
+    parts = obj(net, x0, t, noise, lam_eff=obj.lambda_eff(0))
     assert parts.penalty_count == 2
     torch.testing.assert_close(parts.penalty_sum, expected[:2].sum())
 
@@ -45,10 +45,8 @@ def test_outside_the_mask_the_gradient_is_the_vanilla_one():
     x0, t, noise = batch([200, 500, 999])
     grads = []
     for lam in (1.0, 0.0):
-        net = unet()
-        make(**{"lambda": lam})(
-            autocast_call(net, False), x0, t, noise, step=0, generator=torch.Generator()
-        ).total.backward()
+        net, obj = unet(), make(**{"lambda": lam})
+        obj(autocast_call(net, False), x0, t, noise, lam_eff=obj.lambda_eff(0)).total.backward()
         grads.append([p.grad for p in net.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
@@ -89,7 +87,7 @@ def test_lambda_zero_never_computes_the_penalty():
 
     obj = make(counting_tv, **{"lambda": 0.0})
     x0, t, noise = batch([0, 10])
-    parts = obj(autocast_call(unet(), False), x0, t, noise, step=0, generator=torch.Generator())
+    parts = obj(autocast_call(unet(), False), x0, t, noise, lam_eff=obj.lambda_eff(0))
     assert calls == []
     assert torch.equal(parts.total, parts.diffusion) and parts.penalty_weighted == 0
 
@@ -97,7 +95,7 @@ def test_lambda_zero_never_computes_the_penalty():
 def test_parts_combine_per_sample():
     obj, net = make(**{"lambda": 3.0}, reg_schedule={"weighting": "alpha_bar"}), autocast_call(unet(), False)
     x0, t, noise = batch([5, 50, 150, 600])
-    parts = obj(net, x0, t, noise, step=0, generator=torch.Generator())
+    parts = obj(net, x0, t, noise, lam_eff=obj.lambda_eff(0))
     x_t = obj.schedule.add_noise(x0, t, noise)
     output = net(x_t, t)
     pen = torch.where(obj.mask(t), TV(estimators.tweedie_x0(output, x_t, t, obj.schedule, "epsilon")), 0)
@@ -128,13 +126,15 @@ def test_eps_near_t_max_stays_finite(weighting):
     obj = make(model={"schedule": "squaredcos_cap_v2"}, reg_schedule={"t_max": 1000, "weighting": weighting})
     net = unet()
     x0, t, noise = batch([999, 998, 990])
-    parts = obj(autocast_call(net, False), x0, t, noise, step=0, generator=torch.Generator())
+    parts = obj(autocast_call(net, False), x0, t, noise, lam_eff=obj.lambda_eff(0))
     parts.total.backward()
     assert torch.isfinite(parts.total) and parts.penalty_weighted > 0
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
 
 
-def test_ddim_runs_the_network_on_masked_samples_only():
+def test_ddim_runs_the_network_on_a_fixed_penalty_sub_batch():
+    """f = 100/1000 of a batch of 20: t of the first M = 2 drawn in [0, 100), the others in [100, 1000);
+    one diffusion call on the batch, then K-1 calls on those 2 samples only, whatever t came out."""
     obj = make(estimator={"kind": "ddim", "steps": 3, "grad_steps": 2}, reg_schedule={"t_max": 100})
     net = autocast_call(unet(), False)
     sizes = []
@@ -143,7 +143,47 @@ def test_ddim_runs_the_network_on_masked_samples_only():
         sizes.append(x.shape[0])
         return net(x, t)
 
-    x0, t, noise = batch([10, 50, 100, 400, 999, 99])
-    parts = obj(recording, x0, t, noise, step=0, generator=torch.Generator())
-    assert sizes == [6, 3, 3], "one diffusion call on the batch, then K-1 calls on the 3 masked samples"
-    assert parts.penalty_count == 3
+    t = obj.draw_t(20, torch.Generator().manual_seed(0))
+    assert obj.penalty_batch(20) == 2 and (t[:2] < 100).all() and (t[2:] >= 100).all()
+    x0, _, noise = batch([0] * 20)
+    parts = obj(recording, x0, t, noise, lam_eff=obj.lambda_eff(0))
+    assert sizes == [20, 2, 2]
+    assert parts.penalty_count == 2
+
+
+def test_stratified_t_is_uniform_and_the_estimates_are_unbiased():
+    """Pooled over many draws and weighted by their strata's shares, stratified t covers [0, T) uniformly, and the
+    strata-weighted diffusion mean and f * penalty mean equal the masked batch means of a uniform batch
+    in expectation: checked on a fixed function of t, against its exact mean over [0, T)."""
+    obj = make(
+        estimator={"kind": "ddim", "steps": 2}, reg_schedule={"t_min": 100, "t_max": 300}, model={"timesteps": 1000}
+    )
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([obj.draw_t(7, g) for _ in range(4000)])  # (R, B); M = round(1.4) = 1, not B f
+    weights = torch.tensor([obj.fraction] + [(1 - obj.fraction) / 6] * 6).expand_as(draws)  # each draw's share
+    counts = torch.zeros(10, dtype=torch.float64).index_add_(0, draws.flatten() // 100, weights.flatten().double())
+    expected = counts.sum() / 10
+    assert (counts - expected).abs().max() < 0.05 * expected, counts
+    assert obj.penalty_batch(7) == 1 and ((draws[:, :1] >= 100) & (draws[:, :1] < 300)).all()
+    f = lambda t: (t.double() / 1000) ** 2
+    estimates = torch.stack([obj.diffusion_mean(f(row)) for row in draws])
+    exact = f(torch.arange(1000)).mean()
+    assert abs(estimates.mean() - exact) < 4 * estimates.std() / len(draws) ** 0.5
+    penalty = torch.stack([obj.fraction * f(row[:1]).mean() for row in draws])
+    masked_exact = (f(torch.arange(1000)) * ((torch.arange(1000) >= 100) & (torch.arange(1000) < 300))).mean()
+    assert abs(penalty.mean() - masked_exact) < 4 * penalty.std() / len(draws) ** 0.5
+
+
+def test_lam_eff_zero_is_the_same_graph_with_a_zero_penalty():
+    """lam_eff = 0 (the warm-up's first step) multiplies: the penalty is computed, its share is 0,
+    and the gradient equals the vanilla one."""
+    x0, t, noise = batch([5, 50])
+    grads = []
+    for lam_eff in (torch.tensor(0.0), None):
+        net, obj = unet(), make()
+        parts = obj(autocast_call(net, False), x0, t, noise, lam_eff=lam_eff)
+        parts.total.backward()
+        grads.append([p.grad for p in net.parameters()])
+        if lam_eff is not None:
+            assert parts.penalty_count == 2 and parts.penalty_sum > 0 and parts.penalty_weighted == 0
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
