@@ -272,8 +272,8 @@ def train(
             if val_loss is not None:  # the latest, in every log: the run's metrics are the last log
                 metrics["val_loss"] = val_loss.item()
             hooks.on_log(step, metrics)
-            if hooks.should_stop():
-                return TrainResult(step, stopped=True, state=snapshot(), metrics=metrics)
+        if hooks.should_stop():  # every step (a flag read): a warm shutdown must not wait for a log step
+            return TrainResult(step, stopped=True, state=snapshot(), metrics=metrics)
         if spec.checkpoint_every and step % spec.checkpoint_every == 0:
             watch.check()
             hooks.on_checkpoint(step, snapshot())

@@ -58,7 +58,11 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(60, ge=1, description="requests a key may send at once, then the rate applies")
 
     lease_seconds: float = Field(30.0, gt=0, description="a running job's lease; renewed every third of it")
-    max_attempts: int = Field(3, ge=1, description="claims of one run before it fails")
+    max_attempts: int = Field(
+        3, ge=1, description="claims of one job that end without progress (a crash) before it fails; a warm"
+        " shutdown, a database outage or a claim that got past its checkpoint spends none")
+    db_retry_seconds: float = Field(
+        60.0, ge=0, description="a worker retries a database write this long (backoff) before it gives the run back")
     requeue_after_seconds: float = Field(60.0, gt=0, description="re-enqueue runs queued longer than this")
     reconcile_every_seconds: float = Field(10.0, gt=0)
     run_time_limit_seconds: float = Field(24 * 3600, gt=0)
