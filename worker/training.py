@@ -26,7 +26,7 @@ from store.tables import Run, as_utc
 from worker.data import load_images
 from worker.evaluation import evaluate_final
 from worker.celery_app import enqueue_train
-from worker.heartbeat import Heartbeat
+from worker.heartbeat import SHUTTING_DOWN, Heartbeat
 from worker.retry import TRANSIENT, DatabaseUnavailable, retrying
 from worker.samples import npz_bytes
 
@@ -38,6 +38,9 @@ USER_ERRORS = (NonFiniteLoss, LookupError, DatasetUnavailable)
 
 def run_training(run_id: str, *, owner: str) -> None:
     settings = get_settings()
+    if SHUTTING_DOWN.is_set():  # a message taken during a warm shutdown: hand it on untouched
+        enqueue_train(run_id)
+        return
     with session_scope() as session:
         if quotas.over_running_cap(session=session, run_id=run_id, cap=settings.max_running_runs):
             # Stays queued; the reconciler re-enqueues it once its message is gone (worker/reconciler.py).
