@@ -68,6 +68,18 @@ def check_run_quota(session: Session, settings: Settings, tenant: str, *, new_ru
         )
 
 
+def check_sample_quota(session: Session, settings: Settings, tenant: str) -> None:
+    """429 when the tenant already has REGDIFF_MAX_ACTIVE_SAMPLES sample jobs queued or running."""
+    active = quotas.active_samples(session=session, tenant=tenant)
+    if active >= settings.max_active_samples:
+        raise Problem(
+            429, "Too Many Requests",
+            f"{active} sample jobs of this tenant are queued or running, the quota is"
+            f" {settings.max_active_samples} (REGDIFF_MAX_ACTIVE_SAMPLES); retry once some have finished",
+            headers={"Retry-After": str(QUEUE_RETRY_AFTER_SECONDS)},
+        )
+
+
 def _image_size(session: Session, tenant: str, dataset: str) -> int | None:
     if dataset.startswith("upload:"):
         upload = stored_datasets.get_dataset(session=session, tenant=tenant, dataset_id=dataset)

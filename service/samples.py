@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from service import limits
 from service.errors import Problem, invalid
 from service.lookup import found
 from store import runs
@@ -13,6 +15,8 @@ from store import samples as stored
 from store.settings import Settings
 from store.tables import Run, SampleJob
 from worker.celery_app import enqueue_sample
+
+log = logging.getLogger(__name__)
 
 
 def request_samples(session: Session, settings: Settings, run: Run, params: dict[str, Any]) -> SampleJob:
@@ -27,10 +31,14 @@ def request_samples(session: Session, settings: Settings, run: Run, params: dict
                           f" /v1/runs/{run.id}/checkpoints")
     elif runs.latest_checkpoint(session=session, run_id=run.id) is None:
         raise Problem(409, "Conflict", f"run {run.id} has no checkpoint yet (status {run.status})")
+    limits.check_sample_quota(session, settings, run.tenant)
     job = stored.create_sample_job(session=session, tenant=run.tenant, run_id=run.id, checkpoint_id=checkpoint,
                                    params=params)
     session.commit()
-    enqueue_sample(job.id)
+    try:
+        enqueue_sample(job.id)
+    except Exception:  # stored and queued: the reconciler sends its wake-up once the broker is back
+        log.exception("could not enqueue sample job %s; the reconciler will retry", job.id)
     return job
 
 

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     data_dir: Path | None = Field(None, description="torchvision datasets (mnist, fashion-mnist, cifar10)")
     allow_download: bool = Field(False, description="let torchvision download missing datasets")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    queue: str = Field("gpu", description="Celery queue for training and sampling")
+    queue: str = Field("gpu", description="Celery queue for training; sample jobs use QUEUE-samples")
     auth: Literal["auto", "required", "off"] = Field(
         "auto", description="auto: API keys required unless the api listens on a loopback address")
     allow_insecure: bool = Field(
@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     log_flush_seconds: float = Field(0.5, ge=0, description="at most one metrics write per this interval")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept per run besides the final one")
     max_sample_n: int = Field(256, ge=1)
+    max_active_samples: int = Field(
+        20, ge=1, description="queued or running sample jobs per tenant; beyond it POST .../samples is a 429")
     eval_samples: int = Field(
         1000, ge=0, description="samples drawn for the end-of-run evaluation (0: off); at 1000 the real-vs-real FCD"
         " (noise floor) is a few percent of a lambda=0 run's FCD on digits (bench/eval_noise_floor.py)")
@@ -115,6 +117,11 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{(self.home / 'broker.db').resolve()}"
+
+    @property
+    def sample_queue(self) -> str:
+        """Sample jobs' own queue, consumed by the same workers: a burst of them cannot starve training."""
+        return f"{self.queue}-samples"
 
     @property
     def resolved_data_dir(self) -> Path:

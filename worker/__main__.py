@@ -13,8 +13,10 @@ from worker.tasks import app
 
 
 def main() -> None:
-    app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "-Q", get_settings().queue,
-                     "--loglevel", "INFO", *sys.argv[1:]])
+    settings = get_settings()
+    queues = f"{settings.queue},{settings.sample_queue}"  # training, and sample jobs on their own queue
+    app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "-Q", queues, "--loglevel", "INFO",
+                     *sys.argv[1:]])
 
 
 if __name__ == "__main__":

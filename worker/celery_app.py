@@ -52,22 +52,26 @@ def enqueue_train(run_id: str) -> None:
 
 
 def enqueue_sample(sample_id: str) -> None:
-    app.send_task(SAMPLE_TASK, args=[sample_id], queue=get_settings().queue)
+    app.send_task(SAMPLE_TASK, args=[sample_id], queue=get_settings().sample_queue)
 
 
 def waiting_messages() -> int | None:
     """Messages waiting in the job queue (sent, not yet delivered to a worker); None when the
     broker cannot be asked. The reconciler re-enqueues only what this count proves missing."""
+    settings = get_settings()
     try:
         with app.connection_for_read() as conn:
-            channel = conn.default_channel
-            try:
-                return channel.queue_declare(queue=get_settings().queue, passive=True).message_count
-            except conn.channel_errors:  # Redis drops an empty queue's key: nothing is waiting
-                return 0
+            return sum(_queue_length(conn, queue) for queue in (settings.queue, settings.sample_queue))
     except Exception:
         log.warning("the broker cannot be asked for its queue length", exc_info=True)
         return None
+
+
+def _queue_length(conn, queue: str) -> int:
+    try:
+        return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+    except conn.channel_errors:  # Redis drops an empty queue's key: nothing is waiting
+        return 0
 
 
 def prune_consumed() -> int:

@@ -67,7 +67,8 @@ def test_cancel_mid_run(client):
     assert cancelling.status_code == 200 and cancelling.json()["status"] in ("cancelling", "cancelled")
     done = wait_for(client, run_id)
     assert done["status"] == "cancelled" and 0 < done["step"] < 100_000
-    assert client.post(f"/v1/runs/{run_id}/cancel").status_code == 409
+    again = client.post(f"/v1/runs/{run_id}/cancel")  # a retry after a timeout: the run as it is, no 409
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
 
 
 def test_cancel_before_start_and_delete(client):

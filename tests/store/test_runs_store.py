@@ -220,3 +220,20 @@ def test_database_errors_are_retried_then_reported_as_unavailable(monkeypatch):
     nowhere = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
     with pytest.raises(DatabaseUnavailable):
         retrying(lambda: nowhere.connect().close(), "write to a stopped server")
+
+
+def test_active_sample_jobs_per_tenant_are_capped_with_the_figures(session):
+    from service.errors import Problem
+    from service.limits import check_sample_quota
+    from store import samples
+    from store.settings import Settings
+
+    run, _ = runs.create_run(session=session, tenant="t", spec=SPEC)
+    settings = Settings(max_active_samples=2)
+    for _ in range(2):
+        check_sample_quota(session, settings, "t")
+        samples.create_sample_job(session=session, tenant="t", run_id=run.id, checkpoint_id=None, params={})
+    with pytest.raises(Problem) as refused:
+        check_sample_quota(session, settings, "t")
+    assert refused.value.status == 429 and "2 sample jobs" in refused.value.detail and "quota is 2" in refused.value.detail
+    check_sample_quota(session, settings, "another tenant")  # a quota per tenant
