@@ -35,7 +35,7 @@ def test_killed_worker_resumes_from_its_checkpoint(service, client):
 
 
 def test_sigterm_gives_the_run_back_and_it_resumes_without_spending_an_attempt(service, client):
-    spec = {**TINY_RUN, "train": {"steps": 40, "batch_size": 8, "log_every": 1}, "checkpoint_every": 1000}
+    spec = {**TINY_RUN, "train": {"steps": 12, "batch_size": 8, "log_every": 1}, "checkpoint_every": 1000}
     run_id = client.post("/v1/runs", json=spec).json()["id"]
     wait_until(lambda: client.get(f"/v1/runs/{run_id}").json()["step"] > 0, timeout=180)
     assert service.stop_worker() == 0  # a deploy: the worker checkpoints at its next step and exits
@@ -44,9 +44,9 @@ def test_sigterm_gives_the_run_back_and_it_resumes_without_spending_an_attempt(s
     assert back["status"] == "queued" and len(saved) == 1
     service.start_worker()
 
-    done = wait_for(client, run_id)
+    done = wait_for(client, run_id, timeout=600)  # a safety net on a loaded machine, not a timing claim
     assert done["status"] == "succeeded", done["error"]
-    assert done["step"] == 40 and done["attempts"] == 1
+    assert done["step"] == 12 and done["attempts"] == 1
     events = client.get(f"/v1/runs/{run_id}/events", params={"limit": 1000}).json()["data"]
     assert [e["data"]["step"] for e in events if e["type"] == "resumed"] == [saved[0]["step"]]
 
