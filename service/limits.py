@@ -32,6 +32,9 @@ def check_spec(session: Session, settings: Settings, tenant: str, spec: RunSpec)
     if spec.train.batch_size > settings.max_batch_size:
         errors.append({"field": "train.batch_size", "message": f"at most {settings.max_batch_size} on this"
                        " server (REGDIFF_MAX_BATCH_SIZE)"})
+    if spec.checkpoint_every is not None and spec.checkpoint_every < settings.min_checkpoint_every:
+        errors.append({"field": "checkpoint_every", "message": f"at least {settings.min_checkpoint_every} on this"
+                       " server (REGDIFF_MIN_CHECKPOINT_EVERY), or null for no intermediate checkpoints"})
     size = _image_size(session, tenant, spec.dataset)
     if size is not None and size > settings.max_image_size:
         errors.append({"field": "dataset", "message": f"images of {size}x{size}; at most"

@@ -282,8 +282,10 @@ def save_checkpoint(
 
 
 def latest_checkpoint(*, session: Session, run_id: str) -> Checkpoint | None:
+    """The bytes are deferred: an existence check loads none, `.data` loads them (session open)."""
     return session.scalar(
-        select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step.desc()).limit(1)
+        select(Checkpoint).options(defer(Checkpoint.data)).where(Checkpoint.run_id == run_id)
+        .order_by(Checkpoint.step.desc()).limit(1)
     )
 
 
@@ -298,8 +300,9 @@ def list_checkpoints(*, session: Session, run_id: str) -> list[Checkpoint]:
 
 
 def get_checkpoint(*, session: Session, tenant: str, checkpoint_id: str) -> Checkpoint | None:
+    """The bytes are deferred: an existence check loads none, `.data` loads them (session open)."""
     return session.scalar(
-        select(Checkpoint).join(Run, Run.id == Checkpoint.run_id)
+        select(Checkpoint).options(defer(Checkpoint.data)).join(Run, Run.id == Checkpoint.run_id)
         .where(Checkpoint.id == checkpoint_id, Run.tenant == tenant)
     )
 

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     run_time_limit_seconds: float = Field(24 * 3600, gt=0)
     log_flush_seconds: float = Field(0.5, ge=0, description="at most one metrics write per this interval")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept per run besides the final one")
+    min_checkpoint_every: int = Field(
+        5, ge=1, description="smallest checkpoint_every a run may ask for (each checkpoint is the full training"
+        " state, up to hundreds of MiB)")
     max_sample_n: int = Field(256, ge=1)
     max_active_samples: int = Field(
         20, ge=1, description="queued or running sample jobs per tenant; beyond it POST .../samples is a 429")

@@ -105,3 +105,10 @@ def test_the_event_stream_sets_retry_and_sends_the_final_status_before_end(clien
     assert kinds[-1] == "end" and kinds[-2] == "status"
     assert '"status":"succeeded"' in datas[-2].replace(" ", "")
     assert client.post(f"/v1/runs/{run_id}/cancel").status_code == 409  # succeeded: nothing to cancel
+
+
+def test_checkpoint_every_below_the_server_minimum_is_a_422_naming_it(client):
+    refused = client.post("/v1/runs", json={**TINY_RUN, "checkpoint_every": 1})
+    assert refused.status_code == 422
+    assert [e["field"] for e in refused.json()["errors"]] == ["checkpoint_every"]
+    assert "REGDIFF_MIN_CHECKPOINT_EVERY" in refused.json()["detail"]
