@@ -48,7 +48,7 @@ class Claim:
     reason: str = ""
 
 
-class db_time(FunctionElement):  # noqa: N801 (an SQL function, named like one)
+class db_time(FunctionElement):
     """The database's clock plus `seconds`: `now()` on PostgreSQL, strftime('now') on SQLite."""
 
     type = DateTime(timezone=True)

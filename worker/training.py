@@ -23,9 +23,9 @@ from store import samples as stored_samples
 from store.db import session_scope
 from store.settings import get_settings
 from store.tables import Run, as_utc
+from worker.celery_app import enqueue_train
 from worker.data import load_images
 from worker.evaluation import evaluate_final
-from worker.celery_app import enqueue_train
 from worker.heartbeat import SHUTTING_DOWN, Heartbeat
 from worker.retry import TRANSIENT, DatabaseUnavailable, retrying
 from worker.samples import npz_bytes

@@ -169,7 +169,7 @@ def update_lease_expired(run_id: str):
 
 def test_attempts_count_claims_that_ended_without_progress(session):
     run, _ = runs.create_run(session=session, tenant="t", spec=SPEC)
-    claim = lambda owner: runs.claim_run(session=session, run_id=run.id, owner=owner, lease_seconds=60)  # noqa: E731
+    claim = lambda owner: runs.claim_run(session=session, run_id=run.id, owner=owner, lease_seconds=60)
     assert claim("a").attempts == 1
     _crash(session, run.id)  # a dies before its first checkpoint: that attempt is spent
     b = claim("b")
