@@ -232,8 +232,8 @@ def train(
             if graphed is not None:  # CUDA graph capture so far, outside the steps' own time
                 metrics["compile_seconds"] = graphed.capture_seconds
             hooks.on_log(step, metrics)
-            if hooks.should_stop():
-                return TrainResult(step, stopped=True, state=snapshot(), metrics=metrics)
+        if hooks.should_stop():  # every step (a flag read): a warm shutdown must not wait for a log step
+            return TrainResult(step, stopped=True, state=snapshot(), metrics=metrics)
         if spec.checkpoint_every and step % spec.checkpoint_every == 0:
             watch.check()
             hooks.on_checkpoint(step, snapshot())

@@ -32,6 +32,9 @@ def check_spec(session: Session, settings: Settings, tenant: str, spec: RunSpec)
     if spec.train.batch_size > settings.max_batch_size:
         errors.append({"field": "train.batch_size", "message": f"at most {settings.max_batch_size} on this"
                        " server (REGDIFF_MAX_BATCH_SIZE)"})
+    if spec.checkpoint_every is not None and spec.checkpoint_every < settings.min_checkpoint_every:
+        errors.append({"field": "checkpoint_every", "message": f"at least {settings.min_checkpoint_every} on this"
+                       " server (REGDIFF_MIN_CHECKPOINT_EVERY), or null for no intermediate checkpoints"})
     size = _image_size(session, tenant, spec.dataset)
     if size is not None and size > settings.max_image_size:
         errors.append({"field": "dataset", "message": f"images of {size}x{size}; at most"
@@ -76,6 +79,18 @@ def check_run_quota(session: Session, settings: Settings, tenant: str, *, new_ru
             f" {settings.max_queued_runs} (REGDIFF_MAX_QUEUED_RUNS); retry once some have started,"
             " or cancel some",
             headers={"Retry-After": str(QUEUE_RETRY_AFTER_SECONDS)}, code="quota-exceeded",
+        )
+
+
+def check_sample_quota(session: Session, settings: Settings, tenant: str) -> None:
+    """429 when the tenant already has REGDIFF_MAX_ACTIVE_SAMPLES sample jobs queued or running."""
+    active = quotas.active_samples(session=session, tenant=tenant)
+    if active >= settings.max_active_samples:
+        raise Problem(
+            429, "Too Many Requests",
+            f"{active} sample jobs of this tenant are queued or running, the quota is"
+            f" {settings.max_active_samples} (REGDIFF_MAX_ACTIVE_SAMPLES); retry once some have finished",
+            headers={"Retry-After": str(QUEUE_RETRY_AFTER_SECONDS)},
         )
 
 

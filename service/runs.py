@@ -73,6 +73,10 @@ def get_run(session: Session, tenant: str, run_id: str) -> Run:
 
 
 def cancel(session: Session, run: Run) -> Run:
+    """Idempotent: a run already cancelling or cancelled is answered as it is (a client's retry
+    after a timeout must not raise); a run that succeeded or failed is a 409."""
+    if run.status in ("cancelling", "cancelled"):
+        return run
     if run.status in runs.TERMINAL:
         raise Problem(409, "Conflict", f"run {run.id} is already {run.status}")
     runs.request_cancel(session=session, run=run)

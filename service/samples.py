@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from service import limits
 from service.errors import Problem, invalid
 from service.lookup import found
+from service.runs import idempotency_reused
 from store import runs
 from store import samples as stored
 from store.settings import Settings
 from store.tables import Run, SampleJob
 from worker.celery_app import enqueue_sample
 
+log = logging.getLogger(__name__)
 
-def request_samples(session: Session, settings: Settings, run: Run, params: dict[str, Any]) -> SampleJob:
-    """`params` as SampleRequest holds them (n, sampler, steps, eta, seed, checkpoint)."""
+
+def request_samples(session: Session, settings: Settings, run: Run, params: dict[str, Any], *,
+                    idempotency_key: str | None = None) -> tuple[SampleJob, bool]:
+    """`params` as SampleRequest holds them (n, sampler, steps, eta, seed, checkpoint); returns
+    (job, created). A repeated Idempotency-Key with the same body returns the first job."""
     if params["n"] > settings.max_sample_n:
         raise invalid("n", f"at most {settings.max_sample_n} images per request (REGDIFF_MAX_SAMPLE_N)")
     guidance, timesteps = params.get("guidance"), run.spec["model"]["timesteps"]
@@ -30,11 +37,21 @@ def request_samples(session: Session, settings: Settings, run: Run, params: dict
                           f" /v1/runs/{run.id}/checkpoints")
     elif runs.latest_checkpoint(session=session, run_id=run.id) is None:
         raise Problem(409, "Conflict", f"run {run.id} has no checkpoint yet (status {run.status})")
-    job = stored.create_sample_job(session=session, tenant=run.tenant, run_id=run.id, checkpoint_id=checkpoint,
-                                   params=params)
+    if stored.keyed_job(session=session, tenant=run.tenant, idempotency_key=idempotency_key) is None:
+        limits.check_sample_quota(session, settings, run.tenant)  # a replay creates nothing
+    try:
+        job, created = stored.create_sample_job(session=session, tenant=run.tenant, run_id=run.id,
+                                                checkpoint_id=checkpoint, params=params,
+                                                idempotency_key=idempotency_key)
+    except runs.IdempotencyConflict as exc:
+        raise idempotency_reused(f"sample job {exc}") from None
     session.commit()
-    enqueue_sample(job.id)
-    return job
+    if created:
+        try:
+            enqueue_sample(job.id)
+        except Exception:  # stored and queued: the reconciler sends its wake-up once the broker is back
+            log.exception("could not enqueue sample job %s; the reconciler will retry", job.id)
+    return job, created
 
 
 def get_sample(session: Session, tenant: str, sample_id: str) -> SampleJob:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, and_, or_, select, update
+from sqlalchemy import ColumnElement, DateTime, and_, func, or_, select, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
@@ -48,7 +48,7 @@ class Claim:
     reason: str = ""
 
 
-class db_time(FunctionElement):  # noqa: N801 (an SQL function, named like one)
+class db_time(FunctionElement):
     """The database's clock plus `seconds`: `now()` on PostgreSQL, strftime('now') on SQLite."""
 
     type = DateTime(timezone=True)
@@ -139,11 +139,30 @@ def expired(session: Session, job: Job) -> list[str]:
     return ids
 
 
-def stale_queued(session: Session, job: Job, *, older_than: float) -> list[str]:
-    """Jobs queued longer than `older_than` s: their message may be lost (a broker restart)."""
+def stale_queued(session: Session, job: Job, *, older_than: float, limit: int) -> list[str]:
+    """Up to `limit` jobs queued longer than `older_than` s, oldest wake-up first (the caller
+    knows how many messages are missing); their wake-up time is reset."""
     now = utcnow()
     cutoff = now - timedelta(seconds=older_than)
-    ids = list(session.scalars(select(job.id).where(job.status == "queued", job.enqueued_at < cutoff)))
+    if limit <= 0:
+        return []
+    ids = list(session.scalars(select(job.id).where(job.status == "queued", job.enqueued_at < cutoff)
+                               .order_by(job.enqueued_at).limit(limit)))
     if ids:
         session.execute(update(job).where(job.id.in_(ids)).values(enqueued_at=now))
     return ids
+
+
+def queued_count(session: Session, job: Job) -> int:
+    return session.scalar(select(func.count()).select_from(job).where(job.status == "queued")) or 0
+
+
+RECONCILER_LOCK = 0x7265_6764_6966_66  # "regdiff": the advisory lock of the reconciler
+
+
+def reconciler_turn(session: Session) -> bool:
+    """True for one reconciler at a time: a transaction-scoped advisory lock on PostgreSQL
+    (released at commit); SQLite serialises writers already and has one embedded worker."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(session.scalar(select(func.pg_try_advisory_xact_lock(RECONCILER_LOCK))))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from store.tables import Run
+from store.tables import Run, SampleJob
 
 
 def run_counts(*, session: Session, tenant: str) -> dict[str, int]:
@@ -41,3 +41,11 @@ def over_running_cap(*, session: Session, run_id: str, cap: int) -> bool:
         .where(Run.tenant == tenant, Run.id != run_id, Run.status.in_(("running", "cancelling")))
     )
     return (busy or 0) >= cap
+
+
+def active_samples(*, session: Session, tenant: str) -> int:
+    """The tenant's on-demand sample jobs still queued or running."""
+    return session.scalar(
+        select(func.count()).select_from(SampleJob)
+        .where(SampleJob.tenant == tenant, SampleJob.status.in_(("queued", "running")))
+    ) or 0

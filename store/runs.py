@@ -10,6 +10,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
+from store import leases
 from store.leases import Lease, fence, held_by
 from store.pagination import keyset_page
 from store.tables import Checkpoint, Run, RunEvent, SampleJob, utcnow
@@ -162,13 +163,14 @@ def set_status(
     level: str = "info",
     expect: tuple[str, ...] = (),
     lease: Lease | None = None,
+    event_data: dict[str, Any] | None = None,
     **values: Any,
 ) -> bool:
     """Change status and log it; terminal statuses stamp finished_at and drop the lease.
 
     With `expect`, only from one of those statuses (a compare-and-set: a cancel and a claim
     racing cannot both win); with `lease` (a worker's write), only while that lease holds the
-    run; returns whether the row changed."""
+    run; `event_data` goes into the status event besides the status; returns whether the row changed."""
     if status in TERMINAL:
         values.update(finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
     if status == "running":
@@ -181,8 +183,60 @@ def set_status(
     if session.execute(query.values(status=status, **values)).rowcount == 0:
         return False
     add_event(session=session, run_id=run_id, type="status", level=level, message=message or status,
-              data={"status": status})
+              data={"status": status, **(event_data or {})})
     return True
+
+
+def claim_run(*, session: Session, run_id: str, owner: str, lease_seconds: float) -> leases.Claim:
+    """Claim the run (store/leases.py) and count the attempt; the "running" status event
+    records where this claim resumes from (`resume_step`).
+
+    Attempts count crashes, not infrastructure: every claim spends one, and the claim after
+    it refunds that one when the previous claim got past the checkpoint it resumed from (it
+    made progress, so whatever ended it was not the run's fault). A worker that gives a run
+    back (warm shutdown, database unreachable) refunds its own claim in `give_back`."""
+    progressed = _progressed_since_claim(session, run_id)
+    claim = leases.claim(session, Run, run_id, owner=owner, lease_seconds=lease_seconds)
+    if not claim.won:
+        return claim
+    attempts = claim.attempts
+    if progressed:
+        attempts -= 1
+        session.execute(update(Run).where(Run.id == run_id).values(attempts=attempts))
+    set_status(session=session, run_id=run_id, status="running", message=f"attempt {attempts} on {owner}",
+               event_data={"attempt": attempts, "resume_step": _checkpoint_step(session, run_id)})
+    return leases.Claim(True, attempts, claim.epoch)
+
+
+def give_back(*, session: Session, run_id: str, lease: Lease, reason: str) -> bool:
+    """The worker hands its run back to the queue (the caller enqueues it) without spending
+    an attempt: a warm shutdown or a database it could not reach is not the run's fault. A run
+    being cancelled is cancelled instead. False when `lease` no longer holds the run."""
+    if status_of(session=session, run_id=run_id) == "cancelling":
+        return set_status(session=session, run_id=run_id, status="cancelled", expect=("cancelling",), lease=lease,
+                          message=f"cancelled ({reason})")
+    # A claim that progressed is refunded by the next claim (claim_run); refund the others here.
+    refund = 0 if _progressed_since_claim(session, run_id) else 1
+    if not leases.release(session, Run, run_id, lease=lease, status="queued", enqueued_at=utcnow(),
+                          attempts=Run.attempts - refund):
+        return False
+    add_event(session=session, run_id=run_id, type="status", message=f"back in the queue: {reason}",
+              data={"status": "queued"})
+    return True
+
+
+def _checkpoint_step(session: Session, run_id: str) -> int:
+    step = session.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.run_id == run_id))
+    return step or 0
+
+
+def _progressed_since_claim(session: Session, run_id: str) -> bool:
+    """Whether the run's newest checkpoint is past the one its last claim resumed from."""
+    claims = select(RunEvent.data).where(RunEvent.run_id == run_id, RunEvent.type == "status")
+    for data in session.scalars(claims.order_by(RunEvent.id.desc())):
+        if data and data.get("status") == "running" and "resume_step" in data:
+            return _checkpoint_step(session, run_id) > data["resume_step"]
+    return False
 
 
 def request_cancel(*, session: Session, run: Run) -> None:
@@ -190,6 +244,14 @@ def request_cancel(*, session: Session, run: Run) -> None:
     if not set_status(session=session, run_id=run.id, status="cancelled", expect=("queued",),
                       message="cancelled before it started"):
         set_status(session=session, run_id=run.id, status="cancelling", expect=("running",), cancel_requested=True)
+
+
+def ever_requeued(*, session: Session, run_ids: list[str]) -> set[str]:
+    """Those of `run_ids` that already have a "requeued" event."""
+    if not run_ids:
+        return set()
+    return set(session.scalars(select(RunEvent.run_id).where(RunEvent.run_id.in_(run_ids),
+                                                            RunEvent.type == "requeued")))
 
 
 def cancel_abandoned(*, session: Session) -> list[str]:
@@ -220,8 +282,10 @@ def save_checkpoint(
 
 
 def latest_checkpoint(*, session: Session, run_id: str) -> Checkpoint | None:
+    """The bytes are deferred: an existence check loads none, `.data` loads them (session open)."""
     return session.scalar(
-        select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step.desc()).limit(1)
+        select(Checkpoint).options(defer(Checkpoint.data)).where(Checkpoint.run_id == run_id)
+        .order_by(Checkpoint.step.desc()).limit(1)
     )
 
 
@@ -236,8 +300,9 @@ def list_checkpoints(*, session: Session, run_id: str) -> list[Checkpoint]:
 
 
 def get_checkpoint(*, session: Session, tenant: str, checkpoint_id: str) -> Checkpoint | None:
+    """The bytes are deferred: an existence check loads none, `.data` loads them (session open)."""
     return session.scalar(
-        select(Checkpoint).join(Run, Run.id == Checkpoint.run_id)
+        select(Checkpoint).options(defer(Checkpoint.data)).join(Run, Run.id == Checkpoint.run_id)
         .where(Checkpoint.id == checkpoint_id, Run.tenant == tenant)
     )
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from store import runs
@@ -18,11 +20,41 @@ def get_sample(*, session: Session, tenant: str, sample_id: str) -> SampleJob | 
 
 
 def create_sample_job(*, session: Session, tenant: str, run_id: str, checkpoint_id: str | None,
-                      params: dict[str, Any]) -> SampleJob:
-    """A queued on-demand job (the caller commits, then enqueues)."""
+                      params: dict[str, Any], idempotency_key: str | None = None) -> tuple[SampleJob, bool]:
+    """A queued on-demand job (the caller commits, then enqueues); returns (job, created).
+
+    With an Idempotency-Key the job's id is derived from (tenant, key), so the primary key
+    makes the key unique without a column of its own: a repeat with the same run and
+    parameters returns the first job (created False), with others raises IdempotencyConflict."""
+    job_id = keyed_id(tenant, idempotency_key) if idempotency_key is not None else None
+    if job_id is not None and (existing := session.get(SampleJob, job_id)) is not None:
+        return _same_request(existing, run_id, params), False
     job = SampleJob(tenant=tenant, run_id=run_id, checkpoint_id=checkpoint_id, params=params, enqueued_at=utcnow())
-    session.add(job)
-    session.flush()
+    if job_id is not None:
+        job.id = job_id
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:  # a concurrent request with the same key won the insert
+        existing = session.get(SampleJob, job_id) if job_id is not None else None
+        if existing is None:
+            raise
+        return _same_request(existing, run_id, params), False
+    return job, True
+
+
+def keyed_id(tenant: str, idempotency_key: str) -> str:
+    return "smp_" + hashlib.sha256(f"{tenant}\0{idempotency_key}".encode()).hexdigest()[:20]
+
+
+def keyed_job(*, session: Session, tenant: str, idempotency_key: str | None) -> SampleJob | None:
+    """The job an earlier request with this key created, if any."""
+    return None if idempotency_key is None else session.get(SampleJob, keyed_id(tenant, idempotency_key))
+
+
+def _same_request(job: SampleJob, run_id: str, params: dict[str, Any]) -> SampleJob:
+    if job.run_id != run_id or job.params != params:
+        raise runs.IdempotencyConflict(job.id)
     return job
 
 

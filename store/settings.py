@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     data_dir: Path | None = Field(None, description="torchvision datasets (mnist, fashion-mnist, cifar10)")
     allow_download: bool = Field(False, description="let torchvision download missing datasets")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    queue: str = Field("gpu", description="Celery queue for training and sampling")
+    queue: str = Field("gpu", description="Celery queue for training; sample jobs use QUEUE-samples")
     auth: Literal["auto", "required", "off"] = Field(
         "auto", description="auto: API keys required unless the api listens on a loopback address")
     allow_insecure: bool = Field(
@@ -65,16 +65,25 @@ class Settings(BaseSettings):
         " Redis (shared by every api process), else memory (one process: the embedded mode)")
 
     lease_seconds: float = Field(30.0, gt=0, description="a running job's lease; renewed every third of it")
-    max_attempts: int = Field(3, ge=1, description="claims of one run before it fails")
+    max_attempts: int = Field(
+        3, ge=1, description="claims of one job that end without progress (a crash) before it fails; a warm"
+        " shutdown, a database outage or a claim that got past its checkpoint spends none")
+    db_retry_seconds: float = Field(
+        60.0, ge=0, description="a worker retries a database write this long (backoff) before it gives the run back")
     requeue_after_seconds: float = Field(60.0, gt=0, description="re-enqueue runs queued longer than this")
     reconcile_every_seconds: float = Field(10.0, gt=0)
     run_time_limit_seconds: float = Field(24 * 3600, gt=0)
     log_flush_seconds: float = Field(0.5, ge=0, description="at most one metrics write per this interval")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept per run besides the final one")
+    min_checkpoint_every: int = Field(
+        5, ge=1, description="smallest checkpoint_every a run may ask for (each checkpoint is the full training"
+        " state, up to hundreds of MiB)")
     max_sample_n: int = Field(256, ge=1)
     worker_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="a worker serves its Prometheus gauges on this port; unset: off")
     worker_metrics_host: str = Field("127.0.0.1", description="address of the worker's metrics port")
+    max_active_samples: int = Field(
+        20, ge=1, description="queued or running sample jobs per tenant; beyond it POST .../samples is a 429")
     eval_samples: int = Field(
         1000, ge=0, description="samples drawn for the end-of-run evaluation (0: off); at 1000 the real-vs-real FCD"
         " (noise floor) is a few percent of a lambda=0 run's FCD on digits (bench/eval_noise_floor.py)")
@@ -133,6 +142,11 @@ class Settings(BaseSettings):
         if self.broker_url.startswith(("redis://", "rediss://")):
             return self.broker_url
         return "memory://"
+
+    @property
+    def sample_queue(self) -> str:
+        """Sample jobs' own queue, consumed by the same workers: a burst of them cannot starve training."""
+        return f"{self.queue}-samples"
 
     @property
     def resolved_data_dir(self) -> Path:

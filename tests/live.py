@@ -156,6 +156,11 @@ class Service:
         os.killpg(self.worker.pid, signal.SIGKILL)
         self.worker.wait()
 
+    def stop_worker(self, timeout: float = 120) -> int:
+        """SIGTERM: Celery's warm shutdown, what a deploy sends; waits for the exit, returns its code."""
+        os.killpg(self.worker.pid, signal.SIGTERM)
+        return self.worker.wait(timeout=timeout)
+
     def _wait_ready(self, timeout: float = 120) -> None:
         wait_ready(self.api, self.url, timeout, self.logs)
 

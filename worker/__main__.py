@@ -16,8 +16,9 @@ from worker.tasks import app
 def main() -> None:
     settings = get_settings()
     serve_metrics(settings.worker_metrics_host, settings.worker_metrics_port)
-    app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "-Q", settings.queue,
-                     "--loglevel", "INFO", *sys.argv[1:]])
+    queues = f"{settings.queue},{settings.sample_queue}"  # training, and sample jobs on their own queue
+    app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "-Q", queues, "--loglevel", "INFO",
+                     *sys.argv[1:]])
 
 
 if __name__ == "__main__":

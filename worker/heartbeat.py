@@ -16,6 +16,9 @@ from store.settings import get_settings
 from store.tables import Run
 
 log = logging.getLogger(__name__)
+# Set by the worker's warm shutdown (SIGTERM/SIGINT, worker/tasks.py): every job in this process
+# stops at its next step, keeps what it did, and goes back to the queue for another worker.
+SHUTTING_DOWN = threading.Event()
 
 
 class Heartbeat:
@@ -23,7 +26,7 @@ class Heartbeat:
         self.job, self.job_id, self.lease = job, job_id, lease
         self.lease_seconds = get_settings().lease_seconds
         self.deadline = time.monotonic() + time_limit if time_limit else None
-        self.stop_reason: str | None = None  # "cancelled" | "lease_lost" | "time_limit"
+        self.stop_reason: str | None = None  # "cancelled" | "lease_lost" | "time_limit" | "shutdown"
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
 
@@ -42,6 +45,8 @@ class Heartbeat:
     def should_stop(self) -> bool:
         if self.deadline is not None and time.monotonic() > self.deadline:
             self.stop_reason = self.stop_reason or "time_limit"
+        if SHUTTING_DOWN.is_set():
+            self.stop_reason = self.stop_reason or "shutdown"
         return self.stop_reason is not None
 
     def _loop(self) -> None:

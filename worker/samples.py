@@ -36,9 +36,15 @@ def run_sampling(sample_id: str, *, owner: str) -> None:
     if not claim.won:
         return
     lease = leases.Lease(owner, claim.epoch)
+    if claim.attempts > settings.max_attempts:  # it took its worker down each time: stop trying
+        _finish(sample_id, lease, status="failed", error=f"gave up after {settings.max_attempts} attempts: the"
+                " worker was lost each time")
+        return
     try:
         with Heartbeat(SampleJob, sample_id, lease=lease):
             _sample(sample_id, lease)
+    except LookupError as exc:
+        _finish(sample_id, lease, status="failed", error=str(exc))
     except Exception as exc:
         log.exception("sample job %s failed", sample_id)
         _finish(sample_id, lease, status="failed", error=str(errors.user_error(exc)))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import socket
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from worker.celery_app import SAMPLE_TASK, TRAIN_TASK, app
+from worker.heartbeat import SHUTTING_DOWN
 from worker.reconciler import start_reconciler_thread
 from worker.samples import run_sampling
 from worker.training import run_training
@@ -41,3 +42,10 @@ def _start_reconciler(**_: object) -> None:
 def _stop_reconciler(**_: object) -> None:
     if _reconciler_stop is not None:
         _reconciler_stop.set()
+
+
+@worker_shutting_down.connect
+def _stop_jobs(**_: object) -> None:
+    """Warm shutdown (a deploy's SIGTERM, Ctrl-C): the job in hand checkpoints at its next step
+    and goes back to the queue without spending an attempt, so the worker exits in seconds."""
+    SHUTTING_DOWN.set()

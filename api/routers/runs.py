@@ -34,6 +34,7 @@ from store.db import new_session
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=PROBLEM_RESPONSES)
 PNG = {200: {"content": {"image/png": {}}}}
+SSE_RETRY_MS = 2000
 MAX_EVENT_ID = 2**63 - 1  # run_events.id is 64-bit (BIGINT on PostgreSQL, the rowid on SQLite)
 
 
@@ -134,13 +135,18 @@ async def run_events(
 
 
 def _events_and_status(run_id: str, after: int) -> tuple[list, str | None]:
-    with new_session() as session:
+    """One snapshot: the status is read first, in the same transaction, so a terminal status
+    comes with every event committed before it (a run's final status event is written in the
+    transaction that sets the status): the stream never ends before sending it."""
+    with new_session() as session, session.begin():
+        status = runs.status_of(session=session, run_id=run_id)
         rows, _ = runs.list_events(session=session, run_id=run_id, after=after, limit=500)
-        return rows, runs.status_of(session=session, run_id=run_id)
+        return rows, status
 
 
 async def _event_stream(run_id: str, after: int, request: Request):
     """Poll the event table; end once the run is terminal and every event was sent."""
+    yield f"retry: {SSE_RETRY_MS}\n\n"  # how long a client waits before it reconnects with Last-Event-ID
     idle = 0.0
     while not await request.is_disconnected():
         rows, status = await asyncio.to_thread(_events_and_status, run_id, after)

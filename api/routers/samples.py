@@ -6,7 +6,7 @@ import io
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Header, Path, Response
 from PIL import Image
 
 from api.deps.ownership import OwnedRun, OwnedSample
@@ -22,8 +22,19 @@ PNG = {200: {"content": {"image/png": {}}}}
 
 
 @router.post("/v1/runs/{run_id}/samples", status_code=202, response_model=SamplePublic)
-def create_samples(body: SampleRequest, run: OwnedRun, session: SessionDep, settings: SettingsDep) -> SamplePublic:
-    job = service.request_samples(session, settings, run, body.model_dump())
+def create_samples(
+    body: SampleRequest,
+    run: OwnedRun,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> SamplePublic:
+    job, created = service.request_samples(session, settings, run, body.model_dump(),
+                                           idempotency_key=idempotency_key)
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
     return SamplePublic.of(job)
 
 

@@ -88,3 +88,27 @@ def test_an_unknown_list_cursor_is_a_422_naming_after(client):
     assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
     assert [e["field"] for e in response.json()["errors"]] == ["after"]
     assert "run_nosuchrun" in response.json()["detail"]
+
+
+def test_the_event_stream_sets_retry_and_sends_the_final_status_before_end(client):
+    run_id = client.post("/v1/runs", json=TINY_RUN).json()["id"]
+    lines: list[str] = []
+    with client.stream("GET", f"/v1/runs/{run_id}/events", headers={"Accept": "text/event-stream"},
+                       timeout=300) as stream:  # followed live, from the queued event to the end
+        for line in stream.iter_lines():
+            lines.append(line)
+            if line == "event: end":
+                break
+    assert lines[0].startswith("retry: ") and int(lines[0].split()[1]) > 0
+    kinds = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    datas = [line for line in lines if line.startswith("data: ")]
+    assert kinds[-1] == "end" and kinds[-2] == "status"
+    assert '"status":"succeeded"' in datas[-1].replace(" ", "")  # read up to "event: end", before its data
+    assert client.post(f"/v1/runs/{run_id}/cancel").status_code == 409  # succeeded: nothing to cancel
+
+
+def test_checkpoint_every_below_the_server_minimum_is_a_422_naming_it(client):
+    refused = client.post("/v1/runs", json={**TINY_RUN, "checkpoint_every": 1})
+    assert refused.status_code == 422
+    assert [e["field"] for e in refused.json()["errors"]] == ["checkpoint_every"]
+    assert "REGDIFF_MIN_CHECKPOINT_EVERY" in refused.json()["detail"]

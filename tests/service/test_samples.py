@@ -102,3 +102,15 @@ def test_fine_tune_from_another_runs_checkpoint(client, finished_run):
     other_model = client.post("/v1/runs", json={**TINY_RUN, "init_from": ckpt, "model": {"prediction": "sample"}})
     assert other_model.status_code == 422 and other_model.json()["errors"][0]["field"] == "init_from"
     assert "prediction (checkpoint" in other_model.json()["errors"][0]["message"]
+
+
+def test_idempotency_key_replays_a_sample_request_and_refuses_another_body(client, finished_run):
+    url, key = f"/v1/runs/{finished_run['id']}/samples", {"Idempotency-Key": "draw-1"}
+    first = client.post(url, json={"n": 2, "steps": 4, "seed": 1}, headers=key)
+    again = client.post(url, json={"n": 2, "steps": 4, "seed": 1}, headers=key)
+    assert first.status_code == 202 and "Idempotent-Replayed" not in first.headers
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    other = client.post(url, json={"n": 2, "steps": 4, "seed": 2}, headers=key)
+    assert other.status_code == 422 and other.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert wait_until(lambda: client.get(f"/v1/samples/{first.json()['id']}").json()["status"] == "succeeded")

@@ -13,7 +13,7 @@ from store import leases, runs
 from store.db import make_engine
 from store.leases import Lease, LeaseLost
 from store.tables import Checkpoint, Run, RunEvent, as_utc
-from tests.live import ROOT, fresh_postgres_database
+from tests.live import ROOT, free_port, fresh_postgres_database
 
 SPEC = {"train": {"steps": 10}}
 
@@ -153,3 +153,87 @@ def test_keyset_pages_cover_every_row_once_newest_first_and_refuse_unknown_curso
         for cursor in (foreign, "nope_123"):
             with pytest.raises(UnknownCursor):
                 list_rows(session=session, tenant="t", limit=3, after=cursor)
+
+
+def _crash(session, run_id: str) -> None:
+    """The holder stops renewing (a SIGKILL) and the reconciler takes the run back."""
+    session.execute(update_lease_expired(run_id))
+    assert leases.expired(session, Run) == [run_id]
+
+
+def update_lease_expired(run_id: str):
+    from sqlalchemy import update
+
+    return update(Run).where(Run.id == run_id).values(lease_expires_at=leases.db_time(-1.0))
+
+
+def test_attempts_count_claims_that_ended_without_progress(session):
+    run, _ = runs.create_run(session=session, tenant="t", spec=SPEC)
+    claim = lambda owner: runs.claim_run(session=session, run_id=run.id, owner=owner, lease_seconds=60)
+    assert claim("a").attempts == 1
+    _crash(session, run.id)  # a dies before its first checkpoint: that attempt is spent
+    b = claim("b")
+    assert b.attempts == 2
+    runs.save_checkpoint(session=session, run_id=run.id, step=5, data=b"x", is_final=False, keep=3,
+                         lease=Lease("b", b.epoch))
+    _crash(session, run.id)  # b dies after a checkpoint: it made progress, so the next claim refunds it
+    c = claim("c")
+    assert c.attempts == 2
+    # c is told to shut down (a deploy) before any progress: it gives the run back, refunded at once
+    assert runs.give_back(session=session, run_id=run.id, lease=Lease("c", c.epoch), reason="shutdown")
+    assert tuple(session.execute(select(Run.status, Run.attempts).where(Run.id == run.id)).one()) == ("queued", 1)
+    d = claim("d")
+    runs.save_checkpoint(session=session, run_id=run.id, step=9, data=b"x", is_final=False, keep=3,
+                         lease=Lease("d", d.epoch))
+    assert runs.give_back(session=session, run_id=run.id, lease=Lease("d", d.epoch), reason="database down")
+    assert claim("e").attempts == 2  # d's give-back after progress is refunded once, by this claim
+    events = session.scalars(select(RunEvent.data).where(RunEvent.run_id == run.id, RunEvent.type == "status")
+                             .order_by(RunEvent.id))
+    assert [e["resume_step"] for e in events if e and e.get("status") == "running"] == [0, 0, 5, 5, 9]
+
+
+def test_a_run_given_back_while_cancelling_is_cancelled(session):
+    run, _ = runs.create_run(session=session, tenant="t", spec=SPEC)
+    a = runs.claim_run(session=session, run_id=run.id, owner="a", lease_seconds=60)
+    runs.request_cancel(session=session, run=session.get(Run, run.id))
+    assert runs.give_back(session=session, run_id=run.id, lease=Lease("a", a.epoch), reason="shutdown")
+    assert runs.status_of(session=session, run_id=run.id) == "cancelled"
+    assert not runs.give_back(session=session, run_id=run.id, lease=Lease("a", a.epoch), reason="again")
+
+
+def test_database_errors_are_retried_then_reported_as_unavailable(monkeypatch):
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import OperationalError
+
+    from store.settings import get_settings
+    from worker.retry import DatabaseUnavailable, retrying
+
+    failures = iter([OperationalError("SELECT 1", {}, Exception("server closed the connection"))] * 2)
+
+    def flaky() -> str:
+        for exc in failures:
+            raise exc
+        return "written"
+
+    assert retrying(flaky, "flaky write") == "written"
+    monkeypatch.setattr(get_settings(), "db_retry_seconds", 1.0)
+    nowhere = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
+    with pytest.raises(DatabaseUnavailable):
+        retrying(lambda: nowhere.connect().close(), "write to a stopped server")
+
+
+def test_active_sample_jobs_per_tenant_are_capped_with_the_figures(session):
+    from service.errors import Problem
+    from service.limits import check_sample_quota
+    from store import samples
+    from store.settings import Settings
+
+    run, _ = runs.create_run(session=session, tenant="t", spec=SPEC)
+    settings = Settings(max_active_samples=2)
+    for _ in range(2):
+        check_sample_quota(session, settings, "t")
+        samples.create_sample_job(session=session, tenant="t", run_id=run.id, checkpoint_id=None, params={})
+    with pytest.raises(Problem) as refused:
+        check_sample_quota(session, settings, "t")
+    assert refused.value.status == 429 and "2 sample jobs" in refused.value.detail and "quota is 2" in refused.value.detail
+    check_sample_quota(session, settings, "another tenant")  # a quota per tenant
