@@ -44,11 +44,12 @@ def test_each_kind_has_its_code_type_and_the_http_phrase_as_title(client, call, 
     assert body["detail"]  # the specific prose stays in detail
 
 
-def test_a_finished_run_cannot_be_cancelled_twice_and_says_conflict(client):
-    run_id = client.post("/v1/runs", json=TINY).json()["id"]
-    assert client.post(f"/v1/runs/{run_id}/cancel").status_code == 200
-    body = problem(client.post(f"/v1/runs/{run_id}/cancel"), 409)
+def test_a_run_without_a_checkpoint_cannot_be_sampled_and_says_conflict(client):
+    run_id = client.post("/v1/runs", json=TINY).json()["id"]  # no worker here: it stays queued
+    body = problem(client.post(f"/v1/runs/{run_id}/samples", json={}), 409)
     assert (body["code"], body["title"]) == ("conflict", "Conflict")
+    assert client.post(f"/v1/runs/{run_id}/cancel").status_code == 200
+    assert client.post(f"/v1/runs/{run_id}/cancel").status_code == 200  # a repeated cancel is not an error
 
 
 def test_every_problem_type_is_documented_at_its_path(client):
