@@ -6,6 +6,7 @@ from models import datasets, uploads
 from store import datasets as stored
 from store.db import session_scope
 from store.settings import get_settings
+from worker.errors import SourceMissing
 
 
 def load_images(name: str, *, tenant: str) -> datasets.ImageSet:
@@ -14,7 +15,7 @@ def load_images(name: str, *, tenant: str) -> datasets.ImageSet:
         with session_scope() as session:
             data = stored.dataset_bytes(session=session, tenant=tenant, dataset_id=name)
         if data is None:
-            raise LookupError(f"dataset {name!r} no longer exists")
+            raise SourceMissing(f"dataset {name!r} no longer exists")
         return uploads.read_npz_bytes(data)
     # mnist, fashion-mnist and cifar10 are read from REGDIFF_DATA_DIR; never downloaded unless allowed.
     return datasets.load_builtin(name, settings.cache_dir, data_dir=settings.resolved_data_dir,

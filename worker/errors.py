@@ -26,8 +26,14 @@ class UserError:
         return f"{self.code}: {self.message}"
 
 
+class SourceMissing(LookupError):
+    """What a job reads (its dataset, checkpoint or init_from source) was deleted before it ran;
+    the message is written for the user."""
+
+
 # Kept in order: the first class that matches wins.
-_OURS: tuple[tuple[type[BaseException], str], ...] = ((NonFiniteLoss, "non-finite-loss"),)
+_OURS: tuple[tuple[type[BaseException], str], ...] = (
+    (NonFiniteLoss, "non-finite-loss"), (SourceMissing, "source-missing"))
 
 
 def user_error(exc: BaseException) -> UserError:

@@ -37,14 +37,11 @@ def run_sampling(sample_id: str, *, owner: str) -> None:
         return
     lease = leases.Lease(owner, claim.epoch)
     if claim.attempts > settings.max_attempts:  # it took its worker down each time: stop trying
-        _finish(sample_id, lease, status="failed", error=f"gave up after {settings.max_attempts} attempts: the"
-                " worker was lost each time")
+        _finish(sample_id, lease, status="failed", error=str(errors.worker_lost(settings.max_attempts)))
         return
     try:
         with Heartbeat(SampleJob, sample_id, lease=lease):
             _sample(sample_id, lease)
-    except LookupError as exc:
-        _finish(sample_id, lease, status="failed", error=str(exc))
     except Exception as exc:
         log.exception("sample job %s failed", sample_id)
         _finish(sample_id, lease, status="failed", error=str(errors.user_error(exc)))
@@ -55,7 +52,7 @@ def _sample(sample_id: str, lease: leases.Lease) -> None:
     with session_scope() as session:
         params, ckpt = stored.job_source(session=session, sample_id=sample_id)
         if ckpt is None:
-            raise LookupError("the run has no checkpoint to sample from yet")
+            raise errors.SourceMissing("the run has no checkpoint to sample from yet")
         state = ckpt.data
     guidance = GuidanceSpec.model_validate(params["guidance"]) if params.get("guidance") else None
     images = sample_from_state(state, n=params["n"], sampler=params["sampler"], steps=params["steps"],

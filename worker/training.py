@@ -146,7 +146,7 @@ def _init_weights(session, tenant: str, checkpoint_id: str | None) -> bytes | No
         return None
     ckpt = runs.get_checkpoint(session=session, tenant=tenant, checkpoint_id=checkpoint_id)
     if ckpt is None:
-        raise LookupError(f"init_from: checkpoint {checkpoint_id!r} does not exist")
+        raise errors.SourceMissing(f"init_from: checkpoint {checkpoint_id!r} does not exist")
     return ckpt.data
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 
 from api.errors import KINDS
 from tests.security.seed import TINY
-from worker.errors import user_error
+from worker.errors import SourceMissing, user_error
 
 PROBLEM = "application/problem+json"
 
@@ -115,3 +115,9 @@ def test_worker_errors_are_a_code_and_a_message_without_internals(exc, code):
     assert error.code == code and str(error) == f"{code}: {error.message}"
     for secret in ("SELECT", "internal.example", "/srv", "/var", "gpu-7", "2.00 GiB"):
         assert secret not in str(error)
+
+
+def test_a_deleted_source_keeps_its_message_and_a_bare_lookup_error_does_not():
+    gone = user_error(SourceMissing("dataset 'upload:ds_x' no longer exists"))
+    assert str(gone) == "source-missing: dataset 'upload:ds_x' no longer exists"
+    assert user_error(KeyError("/var/lib/regdiff/cache/x.npz")).code == "internal"
