@@ -110,14 +110,20 @@ def _show_run(run: Run, as_json: bool) -> None:
     if as_json:
         _print_json(run.raw)
         return
-    terms = run.spec.get("regularizer") or []
-    rows = [["id", run.id], ["status", run.status], ["step", _steps(run)],
-            ["dataset", run.spec.get("dataset")], ["lambda", run.spec.get("lambda")],
-            ["regularizer", " + ".join(_term(t) for t in terms) if isinstance(terms, list) else _cell(terms)]]
+    rows = [["id", run.id], ["status", run.status], ["step", _steps(run)], ["dataset", run.spec.get("dataset")],
+            ["penalty", _penalty(run.spec)]]
     rows += [[name, _cell(value)] for name, value in run.metrics.items()]
     rows += [["error", run.error]] if run.error else []
     _table(["FIELD", "VALUE"], rows)
     _show_evaluation(run.evaluation)
+
+
+def _penalty(spec: dict[str, Any]) -> str:
+    """`0.1 * tv`, `0.1 * (tv + 0.5*l1)`: lambda times the regularizer's terms, as the spec says."""
+    terms = spec.get("regularizer") or []
+    names = [_term(t) for t in terms] if isinstance(terms, list) else [_term(terms)]
+    summed = names[0] if len(names) == 1 else f"({' + '.join(names)})"
+    return f"{_cell(spec.get('lambda'))} * {summed}" if names else ""
 
 
 def _term(term: Any) -> str:

@@ -40,10 +40,11 @@ EVALUATION = {  # the shape models/evaluation.py and worker/evaluation.py store 
 
 
 def test_get_prints_the_evaluation_as_an_aligned_table(api, regdiff):
-    spec = {"dataset": "digits", "lambda": 0.1, "regularizer": [{"name": "tv", "weight": 1}]}
+    spec = {"dataset": "digits", "lambda": 0.1,
+            "regularizer": [{"name": "tv", "weight": 1}, {"name": "l1", "weight": 0.5}]}
     api.on("GET", "/v1/runs/r1", Reply(json=run_json("r1", "succeeded", step=20, spec=spec, evaluation=EVALUATION)))
     lines = regdiff("runs", "get", "r1").stdout.splitlines()
-    assert ["regularizer", "tv"] in [line.split() for line in lines]
+    assert "penalty 0.1 * (tv + 0.5*l1)".split() in [line.split() for line in lines]
     table = lines[lines.index("") + 1:]
     assert table[0].split() == ["METRIC", "VALUE", "95%", "CI", "N"]
     rows = {line[:table[0].index("VALUE")].strip(): line for line in table[1:]}
