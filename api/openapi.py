@@ -58,6 +58,18 @@ class Problem(BaseModel):
     request_id: str | None = Field(None, description="also the X-Request-ID header; quote it when reporting")
 
 
+# What a route declares itself: only what no rule can know.
+
+
+def binary(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    """`responses=` of a route whose 200 is a file of `media_type` (apply_rules adds its schema)."""
+    return {200: {"description": description, "content": {media_type: {}}}}
+
+
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {}}
+"""`responses=` of a route whose resource may be in the wrong state for it (apply_rules adds the problem)."""
+
+
 def operation_id(route: APIRoute) -> str:
     """`<tag>_<name>`: `create_run` under the tag "runs" is `runs_create`, `sweep_report` under
     "sweeps" `sweeps_report`. Stable across path changes, and read like SDK method names."""
@@ -161,11 +173,3 @@ def _drop_unused(document: dict[str, Any], names: tuple[str, ...]) -> None:
         if f'"{SCHEMAS}{name}"' not in text:
             schemas.pop(name, None)
 
-
-def binary(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
-    """A route's `responses=` for a 200 that is a file of `media_type` (the schema is added above)."""
-    return {200: {"description": description, "content": {media_type: {}}}}
-
-
-CONFLICT: dict[int | str, dict[str, Any]] = {409: {}}
-"""`responses=` of a route whose resource may be in the wrong state for it (the content is added above)."""
