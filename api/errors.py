@@ -11,7 +11,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -90,19 +89,3 @@ def install(app: FastAPI) -> None:
                                 headers={"X-Request-ID": request_id} if request_id else None,
                                 request_id=request_id)
 
-
-class ProblemModel(BaseModel):
-    """For the OpenAPI document: the shape of every error."""
-
-    type: str
-    code: str
-    title: str
-    status: int
-    detail: str
-    errors: list[dict[str, str]] | None = None
-    request_id: str | None = None
-
-
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ProblemModel, "content": {PROBLEM: {}}} for status in (400, 401, 404, 409, 422, 429)
-}

@@ -9,17 +9,17 @@ from fastapi import APIRouter, Path, Response
 from api.deps.auth import TenantDep
 from api.deps.ownership import OwnedRun
 from api.deps.session import SessionDep
-from api.errors import PROBLEM_RESPONSES
+from api.openapi import CONFLICT, binary
 from models.export import export_zip
 from service import runs as service
 from service.errors import not_found
 from store import runs
 
-router = APIRouter(tags=["checkpoints"], responses=PROBLEM_RESPONSES)
-BINARY = {200: {"content": {"application/octet-stream": {}}}}
+router = APIRouter(tags=["checkpoints"])
 
 
-@router.get("/v1/checkpoints/{checkpoint_id}", response_class=Response, responses=BINARY)
+@router.get("/v1/checkpoints/{checkpoint_id}", response_class=Response,
+            responses=binary("application/octet-stream", "the weights as safetensors"))
 def download_checkpoint(checkpoint_id: Annotated[str, Path(max_length=64)], session: SessionDep,
                         tenant: TenantDep) -> Response:
     ckpt = runs.get_checkpoint(session=session, tenant=tenant, checkpoint_id=checkpoint_id)
@@ -30,8 +30,8 @@ def download_checkpoint(checkpoint_id: Annotated[str, Path(max_length=64)], sess
 
 
 @router.get("/v1/runs/{run_id}/export", response_class=Response,
-            responses={200: {"content": {"application/zip": {}}}})
-def export_run(run: OwnedRun, session: SessionDep) -> Response:
+            responses=binary("application/zip", "a diffusers DDPMPipeline folder, zipped") | CONFLICT)
+def export(run: OwnedRun, session: SessionDep) -> Response:
     """The latest weights (EMA) as a diffusers DDPMPipeline folder, zipped."""
     ckpt = service.latest_checkpoint(session, run)
     return Response(export_zip(ckpt.data), media_type="application/zip",

@@ -13,7 +13,6 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from api.deps.auth import TenantDep
 from api.deps.session import SessionDep, SettingsDep
-from api.errors import PROBLEM_RESPONSES
 from api.schemas import DatasetPublic, DatasetsPublic
 from models import datasets
 from service import datasets as service
@@ -21,7 +20,7 @@ from service.errors import Problem
 from store import datasets as stored
 from store.settings import Settings
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=PROBLEM_RESPONSES)
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 _CHUNK = 1 << 20
 UPLOADS_RETRY_AFTER_SECONDS = 5
 
@@ -76,9 +75,11 @@ def upload_dataset(
                                           raw=_read_bounded(file, filename, settings.max_upload_bytes), name=name)
     finally:
         slots.release()
+    public = DatasetPublic.of_upload(dataset)
+    response.headers["Location"] = public.url
     if not created:
         response.status_code = 200
-    return DatasetPublic.of_upload(dataset)
+    return public
 
 
 @router.get("", response_model=DatasetsPublic)

@@ -14,14 +14,13 @@ from api.deps.auth import TenantDep
 from api.deps.ownership import OwnedSweep
 from api.deps.pagination import PageDep, next_cursor
 from api.deps.session import SessionDep, SettingsDep
-from api.errors import PROBLEM_RESPONSES
+from api.openapi import binary
 from api.schemas import SweepCreate, SweepPoint, SweepPublic, SweepReport, SweepReportRow, SweepsPublic
 from service import reports
 from service import sweeps as service
 from store.tables import Sweep
 
-router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=PROBLEM_RESPONSES)
-PNG = {200: {"content": {"image/png": {}}}}
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 
 
 def _public(session, sweep: Sweep) -> SweepPublic:
@@ -39,10 +38,12 @@ def create_sweep(
 ) -> SweepPublic:
     sweep, created = service.submit(session, settings, tenant, body.base, body.vary, seeds=body.seeds,
                                     max_fcd_increase=body.max_fcd_increase, idempotency_key=idempotency_key)
+    public = _public(session, sweep)
+    response.headers["Location"] = public.urls["self"]
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return _public(session, sweep)
+    return public
 
 
 @router.get("", response_model=SweepsPublic)
@@ -82,7 +83,8 @@ def sweep_report(sweep: OwnedSweep, session: SessionDep) -> SweepReport:
                        max_fcd_increase=analysis["max_fcd_increase"], markdown=markdown)
 
 
-@router.get("/{sweep_id}/report.png", response_class=Response, responses=PNG)
+@router.get("/{sweep_id}/report.png", response_class=Response,
+            responses=binary("image/png", "the trade-off figure: penalty against FCD per point"))
 def sweep_report_png(sweep: OwnedSweep, session: SessionDep) -> Response:
     png = service.report_png(session, sweep)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
