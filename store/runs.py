@@ -329,8 +329,9 @@ def get_checkpoint(*, session: Session, tenant: str, checkpoint_id: str) -> Chec
 
 
 def preview(*, session: Session, run_id: str) -> SampleJob | None:
-    """The run's latest end-of-run sample grid (a sample job of kind "preview"); its array is not read."""
+    """The run's latest end-of-run sample grid (a sample job of kind "preview"); its images are
+    deferred (`.grid_png` loads the grid, session open)."""
     return session.scalar(
-        select(SampleJob).options(defer(SampleJob.images_npz)).where(SampleJob.run_id == run_id, SampleJob.kind == "preview")
+        select(SampleJob).options(defer(SampleJob.images_npz), defer(SampleJob.grid_png)).where(SampleJob.run_id == run_id, SampleJob.kind == "preview")
         .order_by(SampleJob.created_at.desc()).limit(1)
     )
