@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 
-import pytest
 from sqlalchemy import event, func, select
 
 from store import blobs, quotas, runs
