@@ -127,13 +127,15 @@ def check_storage_quota(session: Session, settings: Settings, tenant: str, *, wh
     if not limit:
         return
     if request_bytes > limit:
-        message = f"{request_bytes:,} bytes, larger than this tenant's byte quota of {limit:,} (REGDIFF_TENANT_BYTE_QUOTA)"
+        message = (f"{request_bytes:,} bytes, larger than this tenant's byte quota of {limit:,}"
+                   " (REGDIFF_TENANT_BYTE_QUOTA)")
         raise Problem(413, detail=f"{what}: {message}", errors=[{"field": "file", "message": message}],
                       code="larger-than-storage-quota",
                       extensions={"limit_bytes": limit, "request_bytes": request_bytes})
     used = quotas.stored_bytes(session=session, tenant=tenant)
     if used >= limit or used + request_bytes > limit:
-        asked = f"{what} of {request_bytes:,} bytes would pass it" if request_bytes else f"{what} may store nothing more"
+        asked = (f"{what} of {request_bytes:,} bytes would pass it" if request_bytes
+                 else f"{what} may store nothing more")
         raise Problem(
             429, detail=f"this tenant stores {used:,} bytes, its quota is {limit:,} (REGDIFF_TENANT_BYTE_QUOTA):"
             f" {asked}; delete runs, sweeps, sample jobs or datasets to make room", code="storage-quota-exceeded",

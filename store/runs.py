@@ -284,22 +284,21 @@ def save_checkpoint(
     return ckpt.id
 
 
-def drop_intermediate_checkpoints(*, session: Session, run_id: str) -> list[str]:
+def drop_intermediate_checkpoints(*, session: Session, run_id: str) -> None:
     """Retention when a run ends (set_status to a terminal status, unless
     REGDIFF_KEEP_INTERMEDIATE_CHECKPOINTS): keep the final checkpoint, the newest one (a failed or
     cancelled run's resume point, what sampling and init_from use) and any an unfinished sample job
-    asked for; delete the others. Returns the ids deleted. Reads no bytes."""
+    asked for; delete the others. Reads no bytes."""
     rows = session.execute(select(Checkpoint.id, Checkpoint.step, Checkpoint.is_final)
                            .where(Checkpoint.run_id == run_id)).all()
     if not rows:
-        return []
+        return
     wanted = select(SampleJob.checkpoint_id).where(SampleJob.run_id == run_id,
                                                    SampleJob.status.in_(("queued", "running")))
     keep = {max(rows, key=lambda row: (row.step, row.is_final)).id, *session.scalars(wanted)}
     doomed = [row.id for row in rows if not row.is_final and row.id not in keep]
     if doomed:
         session.execute(delete(Checkpoint).where(Checkpoint.id.in_(doomed)))
-    return doomed
 
 
 def latest_checkpoint(*, session: Session, run_id: str) -> Checkpoint | None:
@@ -332,6 +331,7 @@ def preview(*, session: Session, run_id: str) -> SampleJob | None:
     """The run's latest end-of-run sample grid (a sample job of kind "preview"); its images are
     deferred (`.grid_png` loads the grid, session open)."""
     return session.scalar(
-        select(SampleJob).options(defer(SampleJob.images_npz), defer(SampleJob.grid_png)).where(SampleJob.run_id == run_id, SampleJob.kind == "preview")
+        select(SampleJob).options(defer(SampleJob.images_npz), defer(SampleJob.grid_png))
+        .where(SampleJob.run_id == run_id, SampleJob.kind == "preview")
         .order_by(SampleJob.created_at.desc()).limit(1)
     )
