@@ -35,11 +35,12 @@ def phrase(status: int) -> str:
 
 
 def problem_body(status: int, detail: str = "", errors: list | None = None, code: str | None = None,
-                 request_id: str | None = None) -> dict:
-    """The RFC 9457 body: type and code by kind, title by status, the request's id to quote."""
+                 request_id: str | None = None, extensions: dict[str, Any] | None = None) -> dict:
+    """The RFC 9457 body: type and code by kind, title by status, the request's id to quote, and
+    a problem's extension members (never overriding the standard ones)."""
     kind = KINDS[code or default_code(status)]
-    body: dict[str, Any] = {"type": kind.type, "code": kind.code, "title": phrase(status), "status": status,
-                            "detail": detail or phrase(status)}
+    body: dict[str, Any] = {**(extensions or {}), "type": kind.type, "code": kind.code, "title": phrase(status),
+                            "status": status, "detail": detail or phrase(status)}
     if errors:
         body["errors"] = errors
     request_id = request_id or current_request_id()
@@ -50,15 +51,16 @@ def problem_body(status: int, detail: str = "", errors: list | None = None, code
 
 def problem_response(status: int, detail: str = "", errors: list | None = None,
                      headers: dict[str, str] | None = None, code: str | None = None,
-                     request_id: str | None = None) -> JSONResponse:
-    return JSONResponse(problem_body(status, detail, errors, code, request_id), status_code=status,
+                     request_id: str | None = None, extensions: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse(problem_body(status, detail, errors, code, request_id, extensions), status_code=status,
                         media_type=PROBLEM, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.detail or exc.title, exc.errors, exc.headers, exc.code)
+        return problem_response(exc.status, exc.detail or exc.title, exc.errors, exc.headers, exc.code,
+                                extensions=exc.extensions)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -55,7 +55,8 @@ def fresh_postgres_database() -> tuple[str, callable]:
     """A new database on the test server; returns its URL and a function that drops it."""
     name = f"regdiff_{uuid.uuid4().hex[:10]}"
     try:
-        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        # pre-ping: a PostgreSQL restart during the test (test_faults.py) leaves a dead pooled connection
+        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:

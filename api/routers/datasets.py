@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
 
 from api.deps.auth import TenantDep
 from api.deps.session import SessionDep, SettingsDep
@@ -96,3 +96,10 @@ def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep, setting
     if dataset_id in datasets.BUILTIN:
         return _builtin(dataset_id, settings)
     return DatasetPublic.of_upload(service.get_upload(session, tenant, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204)
+def delete_dataset(dataset_id: Annotated[str, Path(max_length=64)], session: SessionDep, tenant: TenantDep) -> Response:
+    """Removes an upload and its bytes; 409 naming the queued or running runs that train on it."""
+    service.delete_upload(session, tenant, dataset_id)
+    return Response(status_code=204)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from api.deps.ownership import OwnedRun, OwnedSample
 from api.deps.session import SessionDep, SettingsDep
+from api.downloads import blob_response
 from api.images import GRID_MIN_WIDTH, ScaleQuery, scaled_png
 from api.openapi import CONFLICT, binary
 from api.schemas import SamplePublic, SampleRequest
@@ -51,9 +52,17 @@ def sample_grid(job: OwnedSample, scale: ScaleQuery = None) -> Response:
 
 @router.get("/v1/samples/{sample_id}/samples.npz", response_class=Response,
             responses=binary("application/octet-stream", "a NumPy .npz: `images` (N, H, W, C) uint8") | CONFLICT)
-def sample_npz(job: OwnedSample) -> Response:
-    return Response(service.finished(job).images_npz, media_type="application/octet-stream",
-                    headers={"Content-Disposition": f'attachment; filename="{job.id}.npz"'})
+def sample_npz(job: OwnedSample, session: SessionDep) -> Response:
+    """Streamed from the database a chunk at a time."""
+    return blob_response(service.images(session, service.finished(job)), "application/octet-stream",
+                         f"{job.id}.npz")
+
+
+@router.delete("/v1/samples/{sample_id}", status_code=204)
+def delete_samples(job: OwnedSample, session: SessionDep) -> Response:
+    """Removes an on-demand job and its images, whatever its status; a run's preview goes with the run (409)."""
+    service.delete(session, job)
+    return Response(status_code=204)
 
 
 @router.get("/v1/samples/{sample_id}/images/{index}.png", response_class=Response,

@@ -65,6 +65,13 @@ def cancel_sweep(sweep: OwnedSweep, session: SessionDep) -> SweepPublic:
     return _public(session, sweep)
 
 
+@router.delete("/{sweep_id}", status_code=204)
+def delete_sweep(sweep: OwnedSweep, session: SessionDep) -> Response:
+    """Removes the sweep, its runs and what they stored; running ones stop at their worker's next beat."""
+    service.delete(session, sweep)
+    return Response(status_code=204)
+
+
 @router.get("/{sweep_id}/report", response_model=SweepReport)
 def sweep_report(sweep: OwnedSweep, session: SessionDep) -> SweepReport:
     """Per point (its seeds together): the penalty and FCD with 95% intervals, the change against the
