@@ -10,8 +10,8 @@ baseline per seed) and one standalone lambda = 0 run with seed 3 give:
 The runs are tiny (60 steps of 16 8x8 images), so the models are rough; what is checked is that
 the statistics tell a seed apart from an effect at that size.
 
-Measured (in-process, the worker's train + evaluate, 2026-12-01; /tmp scripts described in the
-issue 12 report):
+Measured (2026-12-01) in-process, with the worker's functions (models.trainer.train, then
+worker.evaluation.score on 256 DDIM-10 samples, classifier of 150 steps):
 - lambda = 0 at this recipe: TV on samples 0.690, 0.683, 0.699 for seeds 0-2 (between-seed rsd
   1.2%), FCD 838, 952, 900; A/A seeds 1 vs 0 with the calibration: -1.1% [-6.1%, +4.5%], kept.
 - the penalty (lambda 300 on t in [90, 100)): TV 0.465, 0.397, 0.465, 0.380 for seeds 0-3 (rsd
@@ -19,11 +19,18 @@ issue 12 report):
   [-49%, -24%] for seeds 0-2, the worst upper end -22%. With two seeds a side the same runs are
   called in 3 of 6 seed pairs only: Welch's t then has 1-2 degrees of freedom (t_0.975 = 4.3 to
   12.7), so two seeds a side cannot tell a 35% effect from a 10% seed spread; three can.
-- Tried and dropped: lambda 3 or 30 or 100 at every t (120 steps): -13% to -15%, seeds of the
-  penalty 0.61-0.76 apart; lambda 30 or 300 at t < 100: -35% to -70%, but bimodal over seeds (TV
-  0.21-0.65: some seeds never take the penalty). The sampler's last DDIM step reads the network at
-  t = 99 (10 trailing steps), so a penalty on t in [90, 100) reaches the samples directly and
+- Tried and dropped: lambda 3, 30 or 100 at every t (120 steps): -13% to -15%, the penalised
+  seeds' TV 0.61 to 0.76; lambda 30 or 300 on t < 100: -35% to -70% but bimodal over seeds (TV
+  0.21 to 0.65: some seeds never take the penalty). The sampler's last DDIM step reads the network
+  at t = 99 (10 trailing steps), so a penalty on t in [90, 100) reaches the samples directly and
   every seed takes it.
+Through HTTP the runs give the same numbers (CPU training is deterministic here): the A/A reads
+-1.07% [-7.2%, +5.9%] with a calibration on 4 runs (penalty rsd 1.7%, FCD rsd 14%, df 5), the
+effect -36% [-24%, -49%], and the sweep names lambda = 300 best. A run takes 4-10 s in the
+worker; the module's setup (the service's start and these 7 runs) took 48 s and 58 s at load 3 on
+the shared 2-core box and 97 s at load 5, the whole module 60-120 s per backend (3 passes on
+embedded, 1 on postgres-redis). The previous fixture (5 runs of 120 steps, 384 samples) took
+140-165 s at load 5-7, and its two effect tests fail once two seeds a side are judged by Welch's t.
 """
 
 from __future__ import annotations
