@@ -298,7 +298,8 @@ def compare(run: Sequence[Mapping], baseline: Sequence[Mapping], *, penalty_name
 def describe(evaluations: Sequence[Mapping], *, seed_variance: SeedVariance = DEFAULT_SEED_VARIANCE, seed: int = 0,
              resamples: int = RESAMPLES) -> dict[str, Any]:
     """One group of seeds on its own: {penalty, fcd}, each {value, ci} (or None when the evaluations
-    lack it), the mean over seeds with the interval compare() gives that side."""
+    lack it): the mean over seeds with Student's t interval on its k - 1 degrees of freedom (one
+    seed: its sampling noise and the seed term of `seed_variance`, as in compare())."""
     if not evaluations:
         return {"penalty": None, "fcd": None}
     rng = np.random.default_rng(seed)
