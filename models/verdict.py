@@ -19,7 +19,7 @@ TV on samples (digits, unet-xs; field notes), which a bootstrap over samples alo
   several seeds (method "seeds_t"). This is Welch's t interval on the seed means, in the
   replicate form the ratio (relative change) needs. A hierarchical bootstrap (resample seeds,
   then samples) was used before: with 2 seeds a side the resampled seed mean takes 3 values, and
-  on simulated A/A pairs whose seeds differ by 5% it called 18% of them an effect (3 seeds:
+  on simulated A/A pairs whose seed effect has sd 5% it called 18% of them an effect (3 seeds:
   11%, 5 seeds: 7%); tests/models/test_verdict.py checks the t form against scipy's Welch test
   and its false-alarm rate at 2 seeds a side;
 - one seed on a side: a parametric seed term, each replicate of that side multiplied by
@@ -222,7 +222,7 @@ def _fcd_side(evaluations: Sequence[Mapping]) -> Side | None:
     if any(ev.get("fcd") is None or not (ev.get("replicates") or {}).get("fcd") for ev in evaluations):
         return None
     return Side([float(ev["fcd"]) for ev in evaluations],
-                 [np.asarray(ev["replicates"]["fcd"], np.float64) for ev in evaluations])
+                [np.asarray(ev["replicates"]["fcd"], np.float64) for ev in evaluations])
 
 
 def _real_value(evaluations: Sequence[Mapping], name: str | None) -> float | None:
