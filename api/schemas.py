@@ -184,7 +184,7 @@ class SweepCreate(Strict):
     )
     seeds: list[int] | None = Field(
         None, description="training seeds: every point is trained once per seed (train.seed set), and the report"
-        " takes the mean over seeds with a hierarchical bootstrap; at most REGDIFF_MAX_SWEEP_SEEDS. The lambda=0"
+        " takes the mean over seeds with a Student t interval over them; at most REGDIFF_MAX_SWEEP_SEEDS. The lambda=0"
         " baseline is added per seed when no point of `vary` is one")
     max_fcd_increase: FiniteFloat | None = Field(
         None, ge=0, description="the best setting may raise FCD by up to this much (point estimate) instead of"
@@ -309,8 +309,9 @@ class Verdict(BaseModel):
 class SeedVarianceUsed(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    method: Literal["hierarchical_bootstrap", "calibration", "default"] = Field(
-        description="hierarchical_bootstrap: several seeds on both sides; otherwise a between-seed relative sd,"
+    method: Literal["seeds_t", "calibration", "default"] = Field(
+        description="seeds_t: several seeds on both sides, their spread measured on them (Welch's t); otherwise a"
+        " between-seed relative sd,"
         " calibrated on the tenant's lambda=0 runs of the baseline's recipe (`runs`) or the documented default")
     penalty_rsd: float | None = None
     fcd_rsd: float | None = None

@@ -6,7 +6,7 @@ on its FCD (relative sd 5%), then N per-sample penalty values (gamma, coefficien
 0.3, like TV on digits samples), an FCD with 5% sampling noise and 200 bootstrap replicates of it. A/A pairs share
 the true means: any verdict other than no_significant_change / kept is a false alarm. Effect
 pairs scale the run's penalty by (1 + effect). Reported for one seed per side (seed term from
-DEFAULT_SEED_VARIANCE) and for three seeds per side (hierarchical bootstrap), with binomial
+DEFAULT_SEED_VARIANCE) and for three seeds per side (t over the seeds), with binomial
 standard errors; the "samples only" line is the naive bootstrap (seed variance ignored) as anchor.
 
     python bench/verdict_false_alarms.py --pairs 200
@@ -57,7 +57,7 @@ def main() -> None:
     se = lambda p: math.sqrt(max(p * (1 - p), 1e-12) / args.pairs)  # noqa: E731
     for label, seeds, variance in (("1 seed/side, samples only (anchor)", 1, naive),
                                    ("1 seed/side, default seed term", 1, verdict.DEFAULT_SEED_VARIANCE),
-                                   ("3 seeds/side, hierarchical", 3, verdict.DEFAULT_SEED_VARIANCE)):
+                                   ("3 seeds/side, t over seeds", 3, verdict.DEFAULT_SEED_VARIANCE)):
         for effect in (0.0, -0.13):
             p, q = rates(rng, pairs=args.pairs, seeds=seeds, effect=effect, seed_rsd=args.seed_rsd, n=args.n,
                          variance=variance)

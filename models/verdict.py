@@ -10,13 +10,23 @@ Why seeds: two lambda = 0 runs that differ only in their training seed differ by
 TV on samples (digits, unet-xs; field notes), which a bootstrap over samples alone calls
 "significant". So every interval here also carries training-seed variance:
 
-- several seeds per side: a hierarchical bootstrap (resample seeds, then samples within each
-  seed). With k seeds the resampled seed spread is sqrt((k-1)/k) too narrow, so seed deviations
-  are scaled by sqrt(k/(k-1)) (the usual small-sample correction);
+- several seeds on a side: the spread between its seeds is measured on them. Each seed's point
+  estimate already carries that seed's sampling noise, so the variance of the seed points is the
+  variance of one seed's value (floored at the sampling part, which the within-seed replicates
+  measure); the side's mean gets sd sqrt(var / k). That variance is itself estimated on k - 1
+  degrees of freedom, so the seed term is Student t, not normal: a draw z * sqrt(df / chi2_df)
+  per replicate, shared by both sides, with Welch's degrees of freedom when both sides have
+  several seeds (method "seeds_t"). This is Welch's t interval on the seed means, in the
+  replicate form the ratio (relative change) needs. A hierarchical bootstrap (resample seeds,
+  then samples) was used before: with 2 seeds a side the resampled seed mean takes 3 values, and
+  on simulated A/A pairs whose seed effect has sd 5% it called 18% of them an effect (3 seeds:
+  11%, 5 seeds: 7%); tests/models/test_verdict.py checks the t form against scipy's Welch test
+  and its false-alarm rate at 2 seeds a side;
 - one seed on a side: a parametric seed term, each replicate of that side multiplied by
-  (1 + rsd * z), z ~ N(0, 1), with the relative standard deviation of the penalty mean and of FCD
-  between seeds given by the caller: measured by calibration runs (method "calibration"), or
-  `DEFAULT_SEED_VARIANCE` (method "default").
+  (1 + rsd * z * sqrt(df / chi2_df)), z ~ N(0, 1), with the relative standard deviation of the
+  penalty mean and of FCD between seeds given by the caller: measured by calibration runs (method
+  "calibration", on df = runs - 1 + PRIOR_DF degrees of freedom), or `DEFAULT_SEED_VARIANCE`
+  (method "default", a documented value taken as known: z alone).
 
 Which was used is stated in the result (`seed_variance`).
 """
@@ -43,6 +53,7 @@ class SeedVariance:
     method: str = "calibration"  # "calibration" (measured for this dataset and preset) or "default"
     source: str = ""
     runs: tuple[str, ...] = ()  # the runs a calibration was measured on
+    df: float | None = None  # degrees of freedom of the rsd estimates; None: taken as known (the default)
 
 
 # Two lambda=0 seeds on digits/unet-xs differed by +1.5% [0.3%, 2.8%] and +1.3% [0.05%, 2.6%] in
@@ -88,7 +99,7 @@ def calibrate(evaluations: Sequence[Mapping], *, runs: Sequence[str] = (), sourc
                               default.penalty_rsd),
         fcd_rsd=moderated([float(ev["fcd"]) for ev in evaluations], [float(r.var(ddof=1)) for r in fcd],
                           default.fcd_rsd),
-        method="calibration", runs=tuple(runs),
+        method="calibration", runs=tuple(runs), df=df + PRIOR_DF,
         source=source or f"{len(evaluations)} runs that differ only in seed, moderated toward the default"
                          f" with {PRIOR_DF} prior degrees of freedom",
     )
@@ -99,24 +110,79 @@ def _seed_means(values: np.ndarray, rng: np.random.Generator, resamples: int) ->
     return values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)
 
 
-def side_replicates(points: Sequence[float], within: Sequence[np.ndarray], *, rsd: float,
-                    rng: np.random.Generator, resamples: int = RESAMPLES) -> np.ndarray:
-    """Bootstrap replicates (resamples,) of a side's statistic averaged over its seeds.
+def t_scales(df: float | None, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """sqrt(df / chi2_df) per replicate (resamples,): a normal draw times it is Student t with df
+    degrees of freedom, the spread of a mean whose variance is itself estimated. Ones when df is
+    None or infinite (a spread taken as known)."""
+    if df is None or not math.isfinite(df):
+        return np.ones(resamples)
+    return np.sqrt(df / rng.chisquare(df, resamples))
 
-    points: each seed's point estimate; within: each seed's within-seed replicates (any count),
-    whose deviations from their own mean stand for sampling noise. One seed: the parametric seed
-    term (1 + rsd * z); several: seeds resampled with replacement, deviations scaled by sqrt(k/(k-1)).
+
+@dataclass(frozen=True)
+class Side:
+    """One side's per-seed inputs for one metric: point estimates and within-seed replicates."""
+
+    points: list[float]
+    within: list[np.ndarray]
+
+    @property
+    def k(self) -> int:
+        return len(self.points)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.points))
+
+    def seed_var(self) -> float:
+        """Variance of one seed's value (k >= 2): the seed points' variance, never below the sampling
+        variance their within-seed replicates measure (two seeds can agree by chance)."""
+        sampling = float(np.mean([np.var(w, ddof=1) for w in self.within]))
+        return max(float(np.var(self.points, ddof=1)), sampling)
+
+
+def side_replicates(side: Side, *, rsd: float, rng: np.random.Generator, scales: np.ndarray,
+                    resamples: int = RESAMPLES) -> np.ndarray:
+    """Replicates (resamples,) of a side's statistic averaged over its seeds.
+
+    One seed: its within-seed replicates' deviations (sampling noise) times the parametric seed
+    term (1 + rsd * z * scales). Several: mean + sqrt(seed_var / k) * z * scales, with scales
+    t_scales(df) (Student t). scales: (resamples,), shared by both sides of a comparison when
+    their spreads come from one estimate.
     """
-    k = len(points)
-    mu = np.asarray(points, np.float64)
-    noise = np.stack([w[rng.integers(0, len(w), resamples)] - w.mean() for w in map(np.asarray, within)])  # (k, R)
-    if k == 1:
-        return (mu[0] + noise[0]) * (1 + rsd * rng.standard_normal(resamples))
-    grand = mu.mean()
-    scale = math.sqrt(k / (k - 1))
-    pick = rng.integers(0, k, (resamples, k))  # seeds resampled per replicate
-    per_seed = grand + scale * (mu[pick] - grand) + noise[pick, np.arange(resamples)[:, None]]
-    return per_seed.mean(1)
+    z = rng.standard_normal(resamples)
+    if side.k == 1:
+        w = np.asarray(side.within[0], np.float64)
+        noise = w[rng.integers(0, len(w), resamples)] - w.mean()
+        return (side.points[0] + noise) * (1 + rsd * z * scales)
+    return side.mean + math.sqrt(side.seed_var() / side.k) * z * scales
+
+
+def welch_df(run: Side, base: Side) -> float:
+    """Welch-Satterthwaite degrees of freedom of the difference of two sides' means (k >= 2 each)."""
+    a, b = run.seed_var() / run.k, base.seed_var() / base.k
+    denominator = a**2 / (run.k - 1) + b**2 / (base.k - 1)
+    return (a + b) ** 2 / denominator if denominator > 0 else math.inf
+
+
+def pair_replicates(run: Side, base: Side, *, seed_variance: SeedVariance, rsd: float,
+                    rng: np.random.Generator, resamples: int = RESAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """Replicates of both sides' means. The t scales are shared where one estimate of the spread
+    serves both sides: Welch's df when both have several seeds, the calibration's df when both
+    have one; a mixed pair draws each side's own (its k - 1, or the calibration's df)."""
+    def own(side: Side) -> np.ndarray:
+        return t_scales(seed_variance.df if side.k == 1 else side.k - 1, rng, resamples)
+
+    if run.k > 1 and base.k > 1:
+        shared = t_scales(welch_df(run, base), rng, resamples)
+        scales = shared, shared
+    elif run.k == 1 and base.k == 1:
+        shared = own(run)
+        scales = shared, shared
+    else:
+        scales = own(run), own(base)
+    return (side_replicates(run, rsd=rsd, rng=rng, scales=scales[0], resamples=resamples),
+            side_replicates(base, rsd=rsd, rng=rng, scales=scales[1], resamples=resamples))
 
 
 def _interval(replicates: np.ndarray, level: float = LEVEL) -> list[float]:
@@ -125,8 +191,9 @@ def _interval(replicates: np.ndarray, level: float = LEVEL) -> list[float]:
 
 
 def _estimate(value: float, replicates: np.ndarray) -> dict[str, Any]:
-    """{value, ci}: the point estimate and the recentred interval of its replicates."""
-    return {"value": _sig(value), "ci": [_sig(v) for v in _interval(value + replicates - replicates.mean())]}
+    """{value, ci}: the point estimate and the interval of its replicates recentred on it (by their
+    median: with 2 seeds the t term has 1 to 2 degrees of freedom, whose draws have no usable mean)."""
+    return {"value": _sig(value), "ci": [_sig(v) for v in _interval(value + replicates - np.median(replicates))]}
 
 
 def _sig(v: float) -> float:
@@ -137,15 +204,7 @@ def _direction(ci: Sequence[float], below: str, within: str, above: str) -> str:
     return below if ci[1] < 0 else above if ci[0] > 0 else within
 
 
-@dataclass(frozen=True)
-class _Side:
-    """One side's per-seed inputs for one metric: point estimates and within-seed replicates."""
-
-    points: list[float]
-    within: list[np.ndarray]
-
-
-def _penalty_side(evaluations: Sequence[Mapping], name: str | None, rng: np.random.Generator) -> _Side | None:
+def _penalty_side(evaluations: Sequence[Mapping], name: str | None, rng: np.random.Generator) -> Side | None:
     """The per-sample values of penalty `name` (None: the run's own) in every seed's evaluation."""
     points, within = [], []
     for ev in evaluations:
@@ -156,14 +215,14 @@ def _penalty_side(evaluations: Sequence[Mapping], name: str | None, rng: np.rand
         values = np.asarray(values, np.float64)
         points.append(float(values.mean()))
         within.append(_seed_means(values, rng, 200))
-    return _Side(points, within)
+    return Side(points, within)
 
 
-def _fcd_side(evaluations: Sequence[Mapping]) -> _Side | None:
+def _fcd_side(evaluations: Sequence[Mapping]) -> Side | None:
     if any(ev.get("fcd") is None or not (ev.get("replicates") or {}).get("fcd") for ev in evaluations):
         return None
-    return _Side([float(ev["fcd"]) for ev in evaluations],
-                 [np.asarray(ev["replicates"]["fcd"], np.float64) for ev in evaluations])
+    return Side([float(ev["fcd"]) for ev in evaluations],
+                [np.asarray(ev["replicates"]["fcd"], np.float64) for ev in evaluations])
 
 
 def _real_value(evaluations: Sequence[Mapping], name: str | None) -> float | None:
@@ -171,26 +230,24 @@ def _real_value(evaluations: Sequence[Mapping], name: str | None) -> float | Non
     return (entry or {}).get("real")
 
 
-def compare_penalty(run: _Side, base: _Side, *, rsd: float, rng: np.random.Generator,
+def compare_penalty(run: Side, base: Side, *, seed_variance: SeedVariance, rng: np.random.Generator,
                     resamples: int = RESAMPLES) -> dict[str, Any]:
     """Both sides' means with intervals and the relative change run/baseline - 1 with its interval."""
-    r = side_replicates(run.points, run.within, rsd=rsd, rng=rng, resamples=resamples)
-    b = side_replicates(base.points, base.within, rsd=rsd, rng=rng, resamples=resamples)
-    r_value, b_value = float(np.mean(run.points)), float(np.mean(base.points))
-    change = _estimate(r_value / b_value - 1, r / b - 1) if b_value else {"value": None, "ci": None}
-    return {"run": _estimate(r_value, r), "baseline": _estimate(b_value, b), "relative_change": change,
+    r, b = pair_replicates(run, base, seed_variance=seed_variance, rsd=seed_variance.penalty_rsd, rng=rng,
+                           resamples=resamples)
+    change = _estimate(run.mean / base.mean - 1, r / b - 1) if base.mean else {"value": None, "ci": None}
+    return {"run": _estimate(run.mean, r), "baseline": _estimate(base.mean, b), "relative_change": change,
             "change": "no_significant_change" if change["ci"] is None
             else _direction(change["ci"], "reduced", "no_significant_change", "increased")}
 
 
-def compare_fcd(run: _Side, base: _Side, *, rsd: float, rng: np.random.Generator,
+def compare_fcd(run: Side, base: Side, *, seed_variance: SeedVariance, rng: np.random.Generator,
                 resamples: int = RESAMPLES) -> dict[str, Any]:
     """Both FCDs with intervals and the difference run - baseline with its interval."""
-    r = side_replicates(run.points, run.within, rsd=rsd, rng=rng, resamples=resamples)
-    b = side_replicates(base.points, base.within, rsd=rsd, rng=rng, resamples=resamples)
-    r_value, b_value = float(np.mean(run.points)), float(np.mean(base.points))
-    difference = _estimate(r_value - b_value, r - b)
-    return {"run": _estimate(r_value, r), "baseline": _estimate(b_value, b), "difference": difference,
+    r, b = pair_replicates(run, base, seed_variance=seed_variance, rsd=seed_variance.fcd_rsd, rng=rng,
+                           resamples=resamples)
+    difference = _estimate(run.mean - base.mean, r - b)
+    return {"run": _estimate(run.mean, r), "baseline": _estimate(base.mean, b), "difference": difference,
             "quality": _direction(difference["ci"], "improved", "kept", "degraded")}
 
 
@@ -208,7 +265,7 @@ def compare(run: Sequence[Mapping], baseline: Sequence[Mapping], *, penalty_name
         raise ValueError("compare needs at least one evaluation on each side (run and baseline)")
     rng = np.random.default_rng(seed)
     several = len(run) > 1 and len(baseline) > 1
-    used = ({"method": "hierarchical_bootstrap"} if several
+    used = ({"method": "seeds_t"} if several
             else {**asdict(seed_variance), "applied_to": [side for side, evs in (("run", run), ("baseline", baseline))
                                                           if len(evs) == 1]})
 
@@ -216,13 +273,13 @@ def compare(run: Sequence[Mapping], baseline: Sequence[Mapping], *, penalty_name
         sides = _penalty_side(run, name, rng), _penalty_side(baseline, name, rng)
         if None in sides:
             return None
-        out = compare_penalty(*sides, rsd=seed_variance.penalty_rsd, rng=rng, resamples=resamples)
+        out = compare_penalty(*sides, seed_variance=seed_variance, rng=rng, resamples=resamples)
         return out | {"real": _real_value(baseline, name)}
 
     names = sorted(set.intersection(*(set((ev.get("per_sample") or {}).get("penalties") or {}) for ev in (*run, *baseline))))
     own = penalty(None)
     fcd_sides = _fcd_side(run), _fcd_side(baseline)
-    fcd = None if None in fcd_sides else compare_fcd(*fcd_sides, rsd=seed_variance.fcd_rsd, rng=rng,
+    fcd = None if None in fcd_sides else compare_fcd(*fcd_sides, seed_variance=seed_variance, rng=rng,
                                                      resamples=resamples)
     if fcd is not None:
         fcd["noise_floor"] = (baseline[0].get("fcd_noise_floor") or {}).get("value")
@@ -241,15 +298,19 @@ def compare(run: Sequence[Mapping], baseline: Sequence[Mapping], *, penalty_name
 def describe(evaluations: Sequence[Mapping], *, seed_variance: SeedVariance = DEFAULT_SEED_VARIANCE, seed: int = 0,
              resamples: int = RESAMPLES) -> dict[str, Any]:
     """One group of seeds on its own: {penalty, fcd}, each {value, ci} (or None when the evaluations
-    lack it), the mean over seeds with the interval compare() gives that side."""
+    lack it): the mean over seeds with Student's t interval on its k - 1 degrees of freedom (one
+    seed: its sampling noise and the seed term of `seed_variance`, as in compare())."""
     if not evaluations:
         return {"penalty": None, "fcd": None}
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {}
     for key, side, rsd in (("penalty", _penalty_side(evaluations, None, rng), seed_variance.penalty_rsd),
                            ("fcd", _fcd_side(evaluations), seed_variance.fcd_rsd)):
-        out[key] = None if side is None else _estimate(
-            float(np.mean(side.points)), side_replicates(side.points, side.within, rsd=rsd, rng=rng, resamples=resamples))
+        if side is None:
+            out[key] = None
+            continue
+        scales = t_scales(seed_variance.df if side.k == 1 else side.k - 1, rng, resamples)
+        out[key] = _estimate(side.mean, side_replicates(side, rsd=rsd, rng=rng, scales=scales, resamples=resamples))
     return out
 
 

@@ -5,7 +5,8 @@ decides what goes into them.
 
 - **Seeds.** A run that belongs to a sweep brings every seed of its point (the sweep's runs whose
   specs differ only in `train.seed`), and so does the baseline: with several seeds on both
-  sides, the intervals come from a hierarchical bootstrap (seeds, then samples).
+  sides, the intervals come from the spread between those seeds (Welch's t over the seed means,
+  models/verdict.py: method "seeds_t").
 - **Calibration.** With one run on a side, the between-seed spread is not observed, so it is
   estimated from the tenant's own succeeded lambda = 0 runs of the baseline's recipe (same
   dataset, network, training and evaluation settings; only the seed differs): at least two
