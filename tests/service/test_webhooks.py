@@ -201,6 +201,21 @@ def test_the_async_sdk_manages_endpoints(hooked, receiver):
     asyncio.run(_async_round_trip(hooked.url, receiver.url("/async")))
 
 
+def test_a_delivery_is_checked_again_when_it_is_sent(receiver):
+    """What creation accepted may be refused at a try (DNS rebinding, a setting changed): the
+    worker's own check runs before anything is sent."""
+    from worker.webhooks import post
+
+    refused = post(receiver.url("/later"), msg_id="evt_x", body=b"{}", secret="whsec_AAAA", allow_private=False,
+                   timeout=1)
+    assert not refused.succeeded and "loopback" in refused.error and receiver.at("/later") == []
+    sent = post(receiver.url("/later"), msg_id="evt_x", body=b"{}", secret="whsec_AAAA", allow_private=True,
+                timeout=1)
+    assert sent.succeeded and len(receiver.at("/later")) == 1
+    (headers, _, _), = receiver.at("/later")
+    assert headers["host"] == f"127.0.0.1:{receiver.server.server_address[1]}"
+
+
 # ---- refusals, on the default service (REGDIFF_WEBHOOK_ALLOW_PRIVATE unset) ----------------------
 
 REFUSED_URLS = [
@@ -263,6 +278,20 @@ def test_endpoints_are_the_tenants_own(client, other_tenant):
     finally:
         assert client.delete(f"/v1/webhook_endpoints/{endpoint['id']}").status_code == 204
     assert client.get(f"/v1/webhook_endpoints/{endpoint['id']}").status_code == 404
+
+
+def test_a_runs_own_endpoint_is_listed_with_its_run_and_goes_with_it(client):
+    made = client.post("/v1/runs", json={**TINY_RUN, "webhook": {"url": PUBLIC_URL, "events": ["run.failed"]}},
+                       headers={"Idempotency-Key": uuid.uuid4().hex})
+    assert made.status_code == 201, made.text
+    run, own = made.json(), made.json()["webhook"]
+    client.post(f"/v1/runs/{run['id']}/cancel")
+    assert own["run_id"] == run["id"] and own["events"] == ["run.failed"] and own["secret"].startswith("whsec_")
+    listed = client.get(f"/v1/webhook_endpoints/{own['id']}").json()
+    assert listed["run_id"] == run["id"] and "secret" not in listed
+    assert client.get(f"/v1/runs/{run['id']}").json()["webhook"] is None  # the secret was shown once
+    assert client.delete(f"/v1/runs/{run['id']}").status_code == 204
+    assert client.get(f"/v1/webhook_endpoints/{own['id']}").status_code == 404
 
 
 # ---- metadata --------------------------------------------------------------------------------------

@@ -59,6 +59,18 @@ def test_run_running_fires_at_the_first_claim_only_and_each_endpoint_gets_what_i
     assert payload["data"]["id"] == run.id and payload["data"]["status"] == "succeeded"
 
 
+def test_a_resumed_run_is_not_announced_as_running_to_an_endpoint_made_meanwhile(session):
+    run, _ = runs.create_run(session=session, tenant="t", spec=SPEC)
+    session.commit()
+    lease = _claim(session, run.id, "a")  # nobody listens at its start
+    assert runs.give_back(session=session, run_id=run.id, lease=lease, reason="shutdown")
+    late = _endpoint(session, events=["run.running", "run.succeeded"])
+    lease = _claim(session, run.id, "b")  # the resume
+    runs.set_status(session=session, run_id=run.id, status="succeeded", expect=("running",), lease=lease)
+    session.commit()
+    assert _deliveries(session, late) == ["run.succeeded"]
+
+
 def test_a_status_change_that_rolls_back_leaves_no_event_and_nobody_listening_writes_none(session):
     run, _ = runs.create_run(session=session, tenant="t", spec=SPEC)
     session.commit()
