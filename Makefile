@@ -23,7 +23,7 @@ worker: $(STAMP)
 	$(PY) -m worker
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q --durations=25
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py

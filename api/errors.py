@@ -11,7 +11,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -36,11 +35,12 @@ def phrase(status: int) -> str:
 
 
 def problem_body(status: int, detail: str = "", errors: list | None = None, code: str | None = None,
-                 request_id: str | None = None) -> dict:
-    """The RFC 9457 body: type and code by kind, title by status, the request's id to quote."""
+                 request_id: str | None = None, extensions: dict[str, Any] | None = None) -> dict:
+    """The RFC 9457 body: type and code by kind, title by status, the request's id to quote, and
+    a problem's extension members (never overriding the standard ones)."""
     kind = KINDS[code or default_code(status)]
-    body: dict[str, Any] = {"type": kind.type, "code": kind.code, "title": phrase(status), "status": status,
-                            "detail": detail or phrase(status)}
+    body: dict[str, Any] = {**(extensions or {}), "type": kind.type, "code": kind.code, "title": phrase(status),
+                            "status": status, "detail": detail or phrase(status)}
     if errors:
         body["errors"] = errors
     request_id = request_id or current_request_id()
@@ -51,15 +51,16 @@ def problem_body(status: int, detail: str = "", errors: list | None = None, code
 
 def problem_response(status: int, detail: str = "", errors: list | None = None,
                      headers: dict[str, str] | None = None, code: str | None = None,
-                     request_id: str | None = None) -> JSONResponse:
-    return JSONResponse(problem_body(status, detail, errors, code, request_id), status_code=status,
+                     request_id: str | None = None, extensions: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse(problem_body(status, detail, errors, code, request_id, extensions), status_code=status,
                         media_type=PROBLEM, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.detail or exc.title, exc.errors, exc.headers, exc.code)
+        return problem_response(exc.status, exc.detail or exc.title, exc.errors, exc.headers, exc.code,
+                                extensions=exc.extensions)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -90,19 +91,3 @@ def install(app: FastAPI) -> None:
                                 headers={"X-Request-ID": request_id} if request_id else None,
                                 request_id=request_id)
 
-
-class ProblemModel(BaseModel):
-    """For the OpenAPI document: the shape of every error."""
-
-    type: str
-    code: str
-    title: str
-    status: int
-    detail: str
-    errors: list[dict[str, str]] | None = None
-    request_id: str | None = None
-
-
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ProblemModel, "content": {PROBLEM: {}}} for status in (400, 401, 404, 409, 422, 429)
-}

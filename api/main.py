@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 
-from api import docs, errors, metrics
+from api import docs, errors, metrics, openapi
 from api.deps.auth import CLIENT_HEADER, DEFAULT_TENANT
 from api.deps.rate_limit import rate_limited
 from api.rate_limiter import RATE_LIMIT_HEADERS, RateLimiter
@@ -39,8 +39,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
         docs_url=None,  # served offline by api/docs.py
         redoc_url=None,
+        generate_unique_id_function=openapi.operation_id,  # runs_create, not create_run_v1_runs_post
     )
     errors.install(app)
+    openapi.install(app)
     log_with_request_ids(logging.getLogger("api"))
     app.include_router(health.router)
     app.include_router(problems.router)

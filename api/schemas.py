@@ -503,4 +503,43 @@ class WebhookDeliveriesPublic(BaseModel):
     next_cursor: str | None
 
 
+# ---- catalog and health ------------------------------------------------------------------------
+
+
+class RegularizerInfo(BaseModel):
+    """A penalty a RunSpec's `regularizer` may name (models/regularizers.py, or a plug-in)."""
+
+    name: str
+    doc: str
+    params_schema: dict[str, Any] = Field(description="the JSON schema of a term's `params`")
+
+
+class RegularizersPublic(BaseModel):
+    data: list[RegularizerInfo]
+
+
+class PresetInfo(BaseModel):
+    """A network preset `model.preset` may name, with the image sizes it fits."""
+
+    name: str
+    min_size: int
+    max_size: int
+    size_multiple: int = Field(description="the image size must be a multiple of this")
+    parameters: int = Field(description="trainable parameters for one channel at max_size")
+    doc: str
+
+
+class PresetsPublic(BaseModel):
+    data: list[PresetInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(description='per dependency ("database", "broker"): "ok" or "error: <kind>"')
+
+
 RunPublic.model_rebuild()  # its `webhook` is declared above WebhookEndpointCreated

@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 from diffusers import UNet2DModel
+from safetensors import safe_open
 from safetensors.torch import load, save
 from torch import Tensor
 
@@ -27,6 +29,7 @@ from models import datasets, networks
 from models.spec import FieldError, ModelSpec, RunSpec
 
 FORMAT = "regdiff.train_state.v1"
+GROUPS = ("model", "ema", "optim", "rng")  # the tensor name prefixes, in the order to_bytes writes them
 
 
 @dataclass
@@ -74,7 +77,10 @@ def header_metadata(data: bytes) -> dict[str, str]:
 
 def read_metadata(data: bytes) -> dict[str, str]:
     """A regdiff training state's metadata (header_metadata, format checked)."""
-    metadata = header_metadata(data)
+    return _checked(header_metadata(data))
+
+
+def _checked(metadata: dict[str, str]) -> dict[str, str]:
     if metadata.get("format") != FORMAT:
         raise ValueError(
             f"not a regdiff training state (format {metadata.get('format')!r}, expected {FORMAT!r})"
@@ -83,9 +89,22 @@ def read_metadata(data: bytes) -> dict[str, str]:
 
 
 def from_bytes(data: bytes) -> TrainState:
-    metadata = read_metadata(data)
-    groups: dict[str, dict[str, Tensor]] = {"model": {}, "ema": {}, "optim": {}, "rng": {}}
-    for key, tensor in load(data).items():
+    return _state(read_metadata(data), load(data))
+
+
+def from_file(path: Path, groups: tuple[str, ...] = GROUPS) -> TrainState:
+    """A training state from a safetensors file, reading only the tensors of `groups` (the others
+    come back empty): an export needs the EMA weights alone, a quarter of the file, so a server
+    converting a checkpoint of hundreds of MiB holds that quarter, not the whole."""
+    with safe_open(path, framework="pt") as file:
+        metadata = _checked(file.metadata() or {})
+        tensors = {key: file.get_tensor(key) for key in file.keys() if key.split(".", 1)[0] in groups}
+    return _state(metadata, tensors)
+
+
+def _state(metadata: dict[str, str], tensors: dict[str, Tensor]) -> TrainState:
+    groups: dict[str, dict[str, Tensor]] = {group: {} for group in GROUPS}
+    for key, tensor in tensors.items():
         group, name = key.split(".", 1)
         groups[group][name] = tensor
     return TrainState(

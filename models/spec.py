@@ -61,6 +61,11 @@ class RegularizerTerm(Strict):
         return self
 
 
+RegularizerInput = str | RegularizerTerm | list[RegularizerTerm]
+"""What a request may send as `regularizer` (the JSON schema says so, for generated clients); the
+field itself is always the list."""
+
+
 def regularizer_terms(value: Any) -> Any:
     """`"tv"` and `{"name": "tv"}` both mean `[{"name": "tv", "weight": 1}]`."""
     if isinstance(value, str):
@@ -185,7 +190,7 @@ class GuidanceSpec(Strict):
     scale: FiniteFloat = Field(ge=0, description="step size on x_t per sampler step; 0 reproduces unguided samples")
     t_max: int = Field(1000, ge=1, le=4000, description="guide only the steps with t < t_max")
 
-    @field_validator("regularizer", mode="before")
+    @field_validator("regularizer", mode="before", json_schema_input_type=RegularizerInput)
     @classmethod
     def _accept_shorthand(cls, value: Any) -> Any:
         return regularizer_terms(value)
@@ -206,7 +211,10 @@ class RunSpec(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     dataset: str = "digits"
-    regularizer: list[RegularizerTerm] = Field(default_factory=lambda: [RegularizerTerm(name="tv")])
+    regularizer: list[RegularizerTerm] = Field(
+        default_factory=lambda: [RegularizerTerm(name="tv")],
+        description='the penalty: a name ("tv"), one term {"name", "weight", "params"}, or a list of terms (summed)',
+    )
     lambda_: FiniteFloat = Field(0.1, alias="lambda", ge=0, le=1e6)
     model: ModelSpec = Field(default_factory=ModelSpec)
     estimator: EstimatorSpec = Field(default_factory=EstimatorSpec)
@@ -226,7 +234,7 @@ class RunSpec(Strict):
         None, gt=0, description="fail the run past this much training time (capped by the server's limit)"
     )
 
-    @field_validator("regularizer", mode="before")
+    @field_validator("regularizer", mode="before", json_schema_input_type=RegularizerInput)
     @classmethod
     def _accept_shorthand(cls, value: Any) -> Any:
         return regularizer_terms(value)

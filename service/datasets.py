@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from models import datasets, networks, uploads
+from service import limits
 from service.errors import Problem, invalid
 from service.lookup import found
 from store import datasets as stored
@@ -79,9 +80,12 @@ def upload(session: Session, settings: Settings, tenant: str, *, filename: str, 
         raise _refused(filename, exc) from None
     del raw
     canonical = uploads.to_npz_bytes(data)
+    sha256 = uploads.content_hash(canonical)
+    if stored.find_by_hash(session=session, tenant=tenant, sha256=sha256) is None:  # a repeat stores nothing
+        limits.check_storage_quota(session, settings, tenant, what=filename, request_bytes=len(canonical))
     info = {**uploads.describe(data), "size_bytes": len(canonical), "filename": filename}
     dataset, created = stored.create_dataset(session=session, tenant=tenant, name=name or Path(filename).stem[:255],
-                                             sha256=uploads.content_hash(canonical), info=info, data=canonical)
+                                             sha256=sha256, info=info, data=canonical)
     session.commit()
     return dataset, created
 
@@ -104,3 +108,19 @@ def check_run_dataset(session: Session, settings: Settings, tenant: str, dataset
 def get_upload(session: Session, tenant: str, dataset_id: str) -> Dataset:
     """An upload by id (`ds_...` or `upload:ds_...`); another tenant's answers 404 like a missing one."""
     return found(stored.get_dataset(session=session, tenant=tenant, dataset_id=dataset_id), "dataset", dataset_id)
+
+
+def delete_upload(session: Session, tenant: str, dataset_id: str) -> None:
+    """Removes an upload and its bytes (committed); 404 for another tenant's, like a missing one,
+    409 for a built-in. While a queued or running run trains on it, 409 naming those runs: cancel or
+    delete them first (a finished run keeps its results, it no longer needs the data)."""
+    if dataset_id in datasets.BUILTIN:
+        raise Problem(409, detail=f"{dataset_id!r} is a built-in dataset of this server; only uploads can be deleted")
+    dataset = get_upload(session, tenant, dataset_id)
+    users = stored.active_runs_using(session=session, tenant=tenant, dataset_id=dataset.id)
+    if users:
+        shown = ", ".join(users[:10]) + (f" and {len(users) - 10} more" if len(users) > 10 else "")
+        raise Problem(409, detail=f"dataset {dataset.id} is used by {len(users)} unfinished run(s): {shown};"
+                      " cancel or delete them first", errors=[{"field": "dataset_id", "message": f"used by {shown}"}])
+    stored.delete_dataset(session=session, dataset_id=dataset.id)
+    session.commit()

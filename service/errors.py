@@ -59,6 +59,12 @@ KINDS: dict[str, ProblemKind] = {kind.code: kind for kind in (
                 " the Retry-After header's seconds."),
     ProblemKind("quota-exceeded", 429, "This tenant has as many queued runs as the server allows"
                 " (REGDIFF_MAX_QUEUED_RUNS); retry once some have started, or cancel some."),
+    ProblemKind("storage-quota-exceeded", 429, "This tenant stores as many bytes as the server allows"
+                " (REGDIFF_TENANT_BYTE_QUOTA: checkpoints, sample arrays and images, uploads); `used_bytes`,"
+                " `limit_bytes` and `request_bytes` give the figures. Delete runs, sweeps, sample jobs or"
+                " datasets to make room; waiting does not free any."),
+    ProblemKind("larger-than-storage-quota", 413, "This upload alone is larger than the tenant's byte quota"
+                " (REGDIFF_TENANT_BYTE_QUOTA); `request_bytes` and `limit_bytes` give the figures."),
     ProblemKind("internal", 500, "An unexpected server error; it has been logged with the request_id,"
                 " which is what to quote when reporting it."),
     ProblemKind("unavailable", 503, "The server cannot answer now (starting, or a dependency is down);"
@@ -78,9 +84,10 @@ class Problem(Exception):
 
     def __init__(self, status: int, title: str = "", detail: str = "", *,
                  errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None,
-                 code: str | None = None):
+                 code: str | None = None, extensions: dict[str, Any] | None = None):
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.errors, self.headers = status, title, detail, errors, headers
+        self.extensions = extensions  # RFC 9457 extension members: figures a client reads, e.g. used_bytes
         self.code = code or default_code(status)
         if self.code not in KINDS:
             raise ValueError(f"unknown problem code {self.code!r}; add it to service.errors.KINDS")

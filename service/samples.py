@@ -11,7 +11,7 @@ from service import limits
 from service.errors import Problem, invalid
 from service.lookup import found
 from service.runs import idempotency_reused
-from store import runs
+from store import blobs, runs
 from store import samples as stored
 from store.settings import Settings
 from store.tables import Run, SampleJob
@@ -57,6 +57,24 @@ def request_samples(session: Session, settings: Settings, run: Run, params: dict
 def get_sample(session: Session, tenant: str, sample_id: str) -> SampleJob:
     """Another tenant's job answers 404, exactly like a missing one."""
     return found(stored.get_sample(session=session, tenant=tenant, sample_id=sample_id), "sample job", sample_id)
+
+
+def delete(session: Session, job: SampleJob) -> None:
+    """Removes an on-demand job and its images, whatever its status (a worker drawing it drops its
+    result: its lease went with the row). A run's preview is the run's: 409, delete the run instead."""
+    if job.kind == "preview":
+        raise Problem(409, detail=f"sample job {job.id} is the preview of run {job.run_id}; it goes with"
+                      f" DELETE /v1/runs/{job.run_id}")
+    stored.delete_sample(session=session, sample_id=job.id)
+    session.commit()
+
+
+def images(session: Session, job: SampleJob) -> blobs.Blob:
+    """Where the job's .npz is, to stream it; 409 when it has none (deleted while being read)."""
+    blob = blobs.sample_images_blob(session=session, sample_id=job.id)
+    if blob is None:
+        raise Problem(409, detail=f"sample job {job.id} has no images")
+    return blob
 
 
 def finished(job: SampleJob) -> SampleJob:

@@ -236,6 +236,14 @@ def cancel(session: Session, sweep: Sweep) -> None:
     session.expire_all()
 
 
+def delete(session: Session, sweep: Sweep) -> None:
+    """Removes the sweep, its runs and everything they stored, at once, whatever their status: like
+    DELETE of a run, a running one is stopped by its worker at its next beat (the lease is gone with
+    the row), so deleting needs no cancel first and is never refused."""
+    stored.delete_sweep(session=session, sweep_id=sweep.id)
+    session.commit()
+
+
 def ordered_runs(session: Session, sweep: Sweep) -> list[Run]:
     """The sweep's runs: an added lambda = 0 baseline first, then grid order, each point's seeds in
     the order given."""

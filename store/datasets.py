@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
-from store.tables import ClassifierCache, Dataset
+from store.runs import ACTIVE
+from store.tables import ClassifierCache, Dataset, Run
 
 
 def create_dataset(
@@ -57,6 +58,20 @@ def dataset_bytes(*, session: Session, tenant: str, dataset_id: str) -> bytes | 
     """The canonical .npz of an upload (for the worker that trains on it)."""
     dataset = session.scalar(_owned(tenant, dataset_id))
     return None if dataset is None else dataset.data
+
+
+def active_runs_using(*, session: Session, tenant: str, dataset_id: str) -> list[str]:
+    """Ids of the tenant's queued or running runs that train on the upload (a spec names it
+    `upload:<id>`), oldest first."""
+    name = "upload:" + dataset_id.removeprefix("upload:")
+    return list(session.scalars(
+        select(Run.id).where(Run.tenant == tenant, Run.status.in_(ACTIVE), Run.spec["dataset"].as_string() == name)
+        .order_by(Run.created_at, Run.id)
+    ))
+
+
+def delete_dataset(*, session: Session, dataset_id: str) -> None:
+    session.execute(delete(Dataset).where(Dataset.id == dataset_id))
 
 
 def list_datasets(*, session: Session, tenant: str) -> list[Dataset]:

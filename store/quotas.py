@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from store.tables import Run, SampleJob
+from store.tables import Checkpoint, Dataset, Run, SampleJob
 
 
 def run_counts(*, session: Session, tenant: str) -> dict[str, int]:
@@ -49,3 +49,17 @@ def active_samples(*, session: Session, tenant: str) -> int:
         select(func.count()).select_from(SampleJob)
         .where(SampleJob.tenant == tenant, SampleJob.status.in_(("queued", "running")))
     ) or 0
+
+
+def stored_bytes(*, session: Session, tenant: str) -> int:
+    """What the tenant stores: checkpoints (their `size` column), sample arrays and grids, uploads.
+
+    Sizes come from `length()`, which neither database answers by reading the value (SQLite
+    reads the record header, PostgreSQL the varlena header): no blob is loaded."""
+    checkpoints = (select(func.coalesce(func.sum(Checkpoint.size), 0)).join(Run, Run.id == Checkpoint.run_id)
+                   .where(Run.tenant == tenant))
+    samples = (select(func.coalesce(func.sum(func.coalesce(func.length(SampleJob.images_npz), 0)
+                                             + func.coalesce(func.length(SampleJob.grid_png), 0)), 0))
+               .where(SampleJob.tenant == tenant))
+    uploads = select(func.coalesce(func.sum(func.length(Dataset.data)), 0)).where(Dataset.tenant == tenant)
+    return sum(int(session.scalar(query) or 0) for query in (checkpoints, samples, uploads))

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, defer
 from store import leases, webhooks
 from store.leases import Lease, fence, held_by
 from store.pagination import keyset_page
+from store.settings import get_settings
 from store.tables import Checkpoint, Run, RunEvent, SampleJob, utcnow
 
 ACTIVE = ("queued", "running", "cancelling")
@@ -196,6 +197,8 @@ def set_status(
         query = query.where(held_by(Run, lease))
     if session.execute(query.values(status=status, **values)).rowcount == 0:
         return False
+    if status in TERMINAL and not get_settings().keep_intermediate_checkpoints:
+        drop_intermediate_checkpoints(session=session, run_id=run_id)
     add_event(session=session, run_id=run_id, type="status", level=level, message=message or status,
               data={"status": status, **(event_data or {})})
     if status in TERMINAL:
@@ -300,6 +303,23 @@ def save_checkpoint(
     return ckpt.id
 
 
+def drop_intermediate_checkpoints(*, session: Session, run_id: str) -> None:
+    """Retention when a run ends (set_status to a terminal status, unless
+    REGDIFF_KEEP_INTERMEDIATE_CHECKPOINTS): keep the final checkpoint, the newest one (a failed or
+    cancelled run's resume point, what sampling and init_from use) and any an unfinished sample job
+    asked for; delete the others. Reads no bytes."""
+    rows = session.execute(select(Checkpoint.id, Checkpoint.step, Checkpoint.is_final)
+                           .where(Checkpoint.run_id == run_id)).all()
+    if not rows:
+        return
+    wanted = select(SampleJob.checkpoint_id).where(SampleJob.run_id == run_id,
+                                                   SampleJob.status.in_(("queued", "running")))
+    keep = {max(rows, key=lambda row: (row.step, row.is_final)).id, *session.scalars(wanted)}
+    doomed = [row.id for row in rows if not row.is_final and row.id not in keep]
+    if doomed:
+        session.execute(delete(Checkpoint).where(Checkpoint.id.in_(doomed)))
+
+
 def latest_checkpoint(*, session: Session, run_id: str) -> Checkpoint | None:
     """The bytes are deferred: an existence check loads none, `.data` loads them (session open)."""
     return session.scalar(
@@ -327,8 +347,10 @@ def get_checkpoint(*, session: Session, tenant: str, checkpoint_id: str) -> Chec
 
 
 def preview(*, session: Session, run_id: str) -> SampleJob | None:
-    """The run's latest end-of-run sample grid (a sample job of kind "preview")."""
+    """The run's latest end-of-run sample grid (a sample job of kind "preview"); its images are
+    deferred (`.grid_png` loads the grid, session open)."""
     return session.scalar(
-        select(SampleJob).where(SampleJob.run_id == run_id, SampleJob.kind == "preview")
+        select(SampleJob).options(defer(SampleJob.images_npz), defer(SampleJob.grid_png))
+        .where(SampleJob.run_id == run_id, SampleJob.kind == "preview")
         .order_by(SampleJob.created_at.desc()).limit(1)
     )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from store import runs, webhooks
 from store.leases import Lease, release
@@ -15,8 +15,15 @@ from store.tables import Checkpoint, SampleJob, utcnow
 
 
 def get_sample(*, session: Session, tenant: str, sample_id: str) -> SampleJob | None:
-    """Another tenant's job is None, like a missing one."""
-    return session.scalar(select(SampleJob).where(SampleJob.id == sample_id, SampleJob.tenant == tenant))
+    """Another tenant's job is None, like a missing one. The images are deferred: a lookup reads
+    no blob, `.grid_png` / `.images_npz` load them (session open)."""
+    return session.scalar(select(SampleJob).options(defer(SampleJob.images_npz), defer(SampleJob.grid_png))
+                          .where(SampleJob.id == sample_id, SampleJob.tenant == tenant))
+
+
+def delete_sample(*, session: Session, sample_id: str) -> None:
+    """Removes the job with its images; a worker drawing it finds its lease gone and drops the result."""
+    session.execute(delete(SampleJob).where(SampleJob.id == sample_id))
 
 
 def create_sample_job(*, session: Session, tenant: str, run_id: str, checkpoint_id: str | None,

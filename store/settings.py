@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     run_time_limit_seconds: float = Field(24 * 3600, gt=0)
     log_flush_seconds: float = Field(0.5, ge=0, description="at most one metrics write per this interval")
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept per run besides the final one")
+    keep_intermediate_checkpoints: bool = Field(
+        False, description="keep a run's intermediate checkpoints once it ends; by default only the final one and"
+        " the newest one are kept (what sampling, init_from and a resume use)")
+    tenant_byte_quota: int = Field(
+        50 << 30, ge=0, description="bytes a tenant may store (checkpoints, sample arrays and images, uploads);"
+        " beyond it new runs, sweeps, sample jobs and uploads are a 429 (413 for an upload larger alone); 0: no quota")
     min_checkpoint_every: int = Field(
         5, ge=1, description="smallest checkpoint_every a run may ask for (each checkpoint is the full training"
         " state, up to hundreds of MiB)")

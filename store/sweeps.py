@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from store import runs
@@ -173,6 +173,13 @@ def sweep_runs(*, session: Session, sweep: Sweep) -> list[Run]:
     rows = list(session.scalars(select(Run).where(Run.sweep_id == sweep.id).order_by(Run.created_at, Run.id)))
     vary = sweep.vary or {}
     return sorted(rows, key=lambda run: grid_order(run, vary))
+
+
+def delete_sweep(*, session: Session, sweep_id: str) -> None:
+    """Removes the sweep and its runs with their events, checkpoints and samples (ON DELETE
+    CASCADE); a worker on one of them finds its lease gone at its next beat and stops."""
+    session.execute(delete(Run).where(Run.sweep_id == sweep_id))
+    session.execute(delete(Sweep).where(Sweep.id == sweep_id))
 
 
 def list_sweeps(*, session: Session, tenant: str, limit: int, after: str | None = None,

@@ -44,11 +44,6 @@ def get_endpoint(*, session: Session, tenant: str, endpoint_id: str) -> WebhookE
                                                         WebhookEndpoint.tenant == tenant))
 
 
-def run_endpoint(*, session: Session, run_id: str) -> WebhookEndpoint | None:
-    """The endpoint a run's own `webhook` made, if any."""
-    return session.scalar(select(WebhookEndpoint).where(WebhookEndpoint.run_id == run_id).limit(1))
-
-
 def list_endpoints(*, session: Session, tenant: str, limit: int,
                    after: str | None = None) -> tuple[list[WebhookEndpoint], bool]:
     """Newest first, keyset pages (store/pagination.py)."""

@@ -29,6 +29,10 @@ FAST = {
     "REGDIFF_RECONCILE_EVERY_SECONDS": "1",
     "REGDIFF_LOG_FLUSH_SECONDS": "0",
     "REGDIFF_DEVICE": "cpu",
+    # One intra-op thread per process: the api, the worker and pytest share 2 cores, and torch's two
+    # threads per process then wait on each other at every op of these tiny models (measured: 30 steps
+    # of unet-xs took 2-4 s with one thread and 46-52 s with two while other processes were busy).
+    "OMP_NUM_THREADS": "1",
     "REGDIFF_EVAL_SAMPLES": "0",
     # Small upload limits so the oversize and zip-bomb tests send and build little; a quick classifier.
     "REGDIFF_MAX_UPLOAD_BYTES": str(4 << 20),
@@ -51,7 +55,8 @@ def fresh_postgres_database() -> tuple[str, callable]:
     """A new database on the test server; returns its URL and a function that drops it."""
     name = f"regdiff_{uuid.uuid4().hex[:10]}"
     try:
-        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        # pre-ping: a PostgreSQL restart during the test (test_faults.py) leaves a dead pooled connection
+        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:

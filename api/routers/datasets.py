@@ -9,11 +9,10 @@ from __future__ import annotations
 import threading
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
 
 from api.deps.auth import TenantDep
 from api.deps.session import SessionDep, SettingsDep
-from api.errors import PROBLEM_RESPONSES
 from api.schemas import DatasetPublic, DatasetsPublic
 from models import datasets
 from service import datasets as service
@@ -21,7 +20,7 @@ from service.errors import Problem
 from store import datasets as stored
 from store.settings import Settings
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=PROBLEM_RESPONSES)
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 _CHUNK = 1 << 20
 UPLOADS_RETRY_AFTER_SECONDS = 5
 
@@ -76,9 +75,11 @@ def upload_dataset(
                                           raw=_read_bounded(file, filename, settings.max_upload_bytes), name=name)
     finally:
         slots.release()
+    public = DatasetPublic.of_upload(dataset)
+    response.headers["Location"] = public.url
     if not created:
         response.status_code = 200
-    return DatasetPublic.of_upload(dataset)
+    return public
 
 
 @router.get("", response_model=DatasetsPublic)
@@ -95,3 +96,10 @@ def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep, setting
     if dataset_id in datasets.BUILTIN:
         return _builtin(dataset_id, settings)
     return DatasetPublic.of_upload(service.get_upload(session, tenant, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204)
+def delete_dataset(dataset_id: Annotated[str, Path(max_length=64)], session: SessionDep, tenant: TenantDep) -> Response:
+    """Removes an upload and its bytes; 409 naming the queued or running runs that train on it."""
+    service.delete_upload(session, tenant, dataset_id)
+    return Response(status_code=204)

@@ -6,19 +6,21 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from api.schemas import Health, Readiness
 from store.db import engine
 from worker.celery_app import app as celery_app
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", response_model=Health)
+def live() -> Health:
+    return Health(status="ok")
 
 
-@router.get("/readyz")
-def readyz() -> JSONResponse:
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "the database or the broker is not reachable"}})
+def ready() -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         with engine().connect() as conn:
@@ -33,4 +35,5 @@ def readyz() -> JSONResponse:
     except Exception as exc:
         checks["broker"] = f"error: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+    body = Readiness(status="ok" if ok else "unavailable", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)

@@ -14,8 +14,8 @@ from api.deps.metadata import MetadataFilter
 from api.deps.ownership import OwnedRun
 from api.deps.pagination import PageDep, next_cursor
 from api.deps.session import SessionDep, SettingsDep
-from api.errors import PROBLEM_RESPONSES
 from api.images import GRID_MIN_WIDTH, ScaleQuery, scaled_png
+from api.openapi import CONFLICT, binary
 from api.schemas import (
     CheckpointPublic,
     CheckpointsPublic,
@@ -35,8 +35,7 @@ from service.errors import Problem
 from store import runs
 from store.db import new_session
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=PROBLEM_RESPONSES)
-PNG = {200: {"content": {"image/png": {}}}}
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
 SSE_RETRY_MS = 2000
 MAX_EVENT_ID = 2**63 - 1  # run_events.id is 64-bit (BIGINT on PostgreSQL, the rowid on SQLite)
 
@@ -53,10 +52,12 @@ def create_run(
     webhook = spec.webhook.model_dump() if spec.webhook else None
     submitted = service.submit(session, settings, tenant, spec, idempotency_key=idempotency_key,
                                metadata=spec.metadata, webhook=webhook)
+    public = RunPublic.of(submitted.run, submitted.webhook)
+    response.headers["Location"] = public.urls.self
     if not submitted.created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return RunPublic.of(submitted.run, submitted.webhook)
+    return public
 
 
 @router.get("", response_model=RunsPublic, openapi_extra=METADATA_QUERY)
@@ -85,7 +86,7 @@ def update_run(run: OwnedRun, body: RunUpdate, session: SessionDep) -> RunPublic
     return RunPublic.of(service.update(session, run, metadata=body.metadata))
 
 
-@router.post("/{run_id}/cancel", response_model=RunPublic)
+@router.post("/{run_id}/cancel", response_model=RunPublic, responses=CONFLICT)
 def cancel_run(run: OwnedRun, session: SessionDep) -> RunPublic:
     return RunPublic.of(service.cancel(session, run))
 
@@ -97,7 +98,7 @@ def delete_run(run: OwnedRun, session: SessionDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/{run_id}/compare", response_model=RunComparison)
+@router.get("/{run_id}/compare", response_model=RunComparison, responses=CONFLICT)
 def compare_run(
     run: OwnedRun,
     session: SessionDep,
@@ -108,7 +109,8 @@ def compare_run(
     return RunComparison.model_validate(compare.compare(session, tenant, run, baseline))
 
 
-@router.get("/{run_id}/samples.png", response_class=Response, responses=PNG)
+@router.get("/{run_id}/samples.png", response_class=Response,
+            responses=binary("image/png", "the preview grid made at the end of the run"))
 def run_samples_png(run: OwnedRun, session: SessionDep, scale: ScaleQuery = None) -> Response:
     job = runs.preview(session=session, run_id=run.id)
     if job is None or job.grid_png is None:
@@ -128,7 +130,8 @@ def run_checkpoints(run: OwnedRun, session: SessionDep) -> CheckpointsPublic:
 
 
 @router.get("/{run_id}/events", response_model=EventsPublic,
-            responses={200: {"content": {"text/event-stream": {}}}})
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "JSON pages, or an SSE stream (Accept: text/event-stream)"}})
 async def run_events(
     run: OwnedRun,
     request: Request,

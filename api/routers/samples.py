@@ -11,17 +11,17 @@ from PIL import Image
 
 from api.deps.ownership import OwnedRun, OwnedSample
 from api.deps.session import SessionDep, SettingsDep
-from api.errors import PROBLEM_RESPONSES
+from api.downloads import blob_response
 from api.images import GRID_MIN_WIDTH, ScaleQuery, scaled_png
+from api.openapi import CONFLICT, binary
 from api.schemas import SamplePublic, SampleRequest
 from service import samples as service
 from service.errors import Problem
 
-router = APIRouter(tags=["samples"], responses=PROBLEM_RESPONSES)
-PNG = {200: {"content": {"image/png": {}}}}
+router = APIRouter(tags=["samples"])
 
 
-@router.post("/v1/runs/{run_id}/samples", status_code=202, response_model=SamplePublic)
+@router.post("/v1/runs/{run_id}/samples", status_code=202, response_model=SamplePublic, responses=CONFLICT)
 def create_samples(
     body: SampleRequest,
     run: OwnedRun,
@@ -43,20 +43,30 @@ def get_samples(job: OwnedSample) -> SamplePublic:
     return SamplePublic.of(job)
 
 
-@router.get("/v1/samples/{sample_id}/grid.png", response_class=Response, responses=PNG)
+@router.get("/v1/samples/{sample_id}/grid.png", response_class=Response,
+            responses=binary("image/png", "the images as one grid") | CONFLICT)
 def sample_grid(job: OwnedSample, scale: ScaleQuery = None) -> Response:
     return Response(scaled_png(service.finished(job).grid_png, scale, min_width=GRID_MIN_WIDTH),
                     media_type="image/png")
 
 
 @router.get("/v1/samples/{sample_id}/samples.npz", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}}})
-def sample_npz(job: OwnedSample) -> Response:
-    return Response(service.finished(job).images_npz, media_type="application/octet-stream",
-                    headers={"Content-Disposition": f'attachment; filename="{job.id}.npz"'})
+            responses=binary("application/octet-stream", "a NumPy .npz: `images` (N, H, W, C) uint8") | CONFLICT)
+def sample_npz(job: OwnedSample, session: SessionDep) -> Response:
+    """Streamed from the database a chunk at a time."""
+    return blob_response(service.images(session, service.finished(job)), "application/octet-stream",
+                         f"{job.id}.npz")
 
 
-@router.get("/v1/samples/{sample_id}/images/{index}.png", response_class=Response, responses=PNG)
+@router.delete("/v1/samples/{sample_id}", status_code=204)
+def delete_samples(job: OwnedSample, session: SessionDep) -> Response:
+    """Removes an on-demand job and its images, whatever its status; a run's preview goes with the run (409)."""
+    service.delete(session, job)
+    return Response(status_code=204)
+
+
+@router.get("/v1/samples/{sample_id}/images/{index}.png", response_class=Response,
+            responses=binary("image/png", "one image") | CONFLICT)
 def sample_image(job: OwnedSample, index: Annotated[int, Path(ge=0)], scale: ScaleQuery = None) -> Response:
     with np.load(io.BytesIO(service.finished(job).images_npz), allow_pickle=False) as f:
         images = f["images"]

@@ -16,14 +16,13 @@ from api.deps.metadata import MetadataFilter
 from api.deps.ownership import OwnedSweep
 from api.deps.pagination import PageDep, next_cursor
 from api.deps.session import SessionDep, SettingsDep
-from api.errors import PROBLEM_RESPONSES
+from api.openapi import binary
 from api.schemas import SweepCreate, SweepPoint, SweepPublic, SweepReport, SweepReportRow, SweepsPublic
 from service import reports
 from service import sweeps as service
 from store.tables import Sweep
 
-router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=PROBLEM_RESPONSES)
-PNG = {200: {"content": {"image/png": {}}}}
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 
 
 def _public(session, sweep: Sweep) -> SweepPublic:
@@ -42,10 +41,12 @@ def create_sweep(
     sweep, created = service.submit(session, settings, tenant, body.base, body.vary, seeds=body.seeds,
                                     max_fcd_increase=body.max_fcd_increase, idempotency_key=idempotency_key,
                                     metadata=body.metadata)
+    public = _public(session, sweep)
+    response.headers["Location"] = public.urls["self"]
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return _public(session, sweep)
+    return public
 
 
 @router.get("", response_model=SweepsPublic, openapi_extra=METADATA_QUERY)
@@ -67,6 +68,13 @@ def cancel_sweep(sweep: OwnedSweep, session: SessionDep) -> SweepPublic:
     return _public(session, sweep)
 
 
+@router.delete("/{sweep_id}", status_code=204)
+def delete_sweep(sweep: OwnedSweep, session: SessionDep) -> Response:
+    """Removes the sweep, its runs and what they stored; running ones stop at their worker's next beat."""
+    service.delete(session, sweep)
+    return Response(status_code=204)
+
+
 @router.get("/{sweep_id}/report", response_model=SweepReport)
 def sweep_report(sweep: OwnedSweep, session: SessionDep) -> SweepReport:
     """Per point (its seeds together): the penalty and FCD with 95% intervals, the change against the
@@ -85,7 +93,8 @@ def sweep_report(sweep: OwnedSweep, session: SessionDep) -> SweepReport:
                        max_fcd_increase=analysis["max_fcd_increase"], markdown=markdown)
 
 
-@router.get("/{sweep_id}/report.png", response_class=Response, responses=PNG)
+@router.get("/{sweep_id}/report.png", response_class=Response,
+            responses=binary("image/png", "the trade-off figure: penalty against FCD per point"))
 def sweep_report_png(sweep: OwnedSweep, session: SessionDep) -> Response:
     png = service.report_png(session, sweep)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -8,6 +8,7 @@ detail on stderr); 2 usage; 3 a run or sample job ended failed/cancelled or time
 from __future__ import annotations
 
 import json
+import webbrowser
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ from typer.core import TyperGroup
 from ._client import Client
 from ._errors import APIError, JobFailedError, WaitTimeoutError
 from .resources.runs import build_spec
-from .types import Run
+from .types import Event, Run
 
 EXIT_API, EXIT_JOB = 1, 3
 
@@ -105,15 +106,59 @@ def _run_rows(runs: list[Run]) -> None:
 
 
 def _show_run(run: Run, as_json: bool) -> None:
+    """The run as `FIELD VALUE` rows, then its evaluation as a table of estimates; --json: as sent."""
     if as_json:
         _print_json(run.raw)
         return
-    rows = [["id", run.id], ["status", run.status], ["step", _steps(run)]]
+    rows = [["id", run.id], ["status", run.status], ["step", _steps(run)], ["dataset", run.spec.get("dataset")],
+            ["penalty", _penalty(run.spec)]]
     rows += [[name, _cell(value)] for name, value in run.metrics.items()]
-    rows += [
-        [key, _cell(value)] for key, value in (("error", run.error), ("evaluation", run.evaluation)) if value
-    ]
+    rows += [["error", run.error]] if run.error else []
     _table(["FIELD", "VALUE"], rows)
+    _show_evaluation(run.evaluation)
+
+
+def _penalty(spec: dict[str, Any]) -> str:
+    """`0.1 * tv`, `0.1 * (tv + 0.5*l1)`: lambda times the regularizer's terms, as the spec says."""
+    terms = spec.get("regularizer") or []
+    names = [_term(t) for t in terms] if isinstance(terms, list) else [_term(terms)]
+    summed = names[0] if len(names) == 1 else f"({' + '.join(names)})"
+    return f"{_cell(spec.get('lambda'))} * {summed}" if names else ""
+
+
+def _term(term: Any) -> str:
+    if not isinstance(term, dict):
+        return str(term)
+    weight = term.get("weight", 1)
+    return term.get("name", "?") if weight == 1 else f"{_cell(weight)}*{term.get('name', '?')}"
+
+
+def _ci(ci: Any) -> str:
+    return f"[{ci[0]:.4g}, {ci[1]:.4g}]" if isinstance(ci, list) and len(ci) == 2 else ""
+
+
+def _show_evaluation(evaluation: dict[str, Any] | None) -> None:
+    """End-of-run scores with their 95% intervals and sample counts; FCD with its noise floor (the
+    FCD of real images at the same N: what a perfect generator would score)."""
+    if not evaluation:
+        return
+    typer.echo("")
+    if evaluation.get("error"):
+        typer.echo(f"evaluation failed: {evaluation['error']}")
+        return
+    n, n_real = evaluation.get("n_samples"), evaluation.get("n_real")
+    floor = evaluation.get("fcd_noise_floor") or {}
+    penalty = evaluation.get("penalty") or {}
+    rows = [
+        ("fcd", evaluation.get("fcd"), evaluation.get("fcd_ci"), n),
+        ("fcd noise floor", floor.get("value"), floor.get("ci"), floor.get("n")),
+        ("confidence", evaluation.get("confidence"), evaluation.get("confidence_ci"), n),
+        ("classifier score", evaluation.get("classifier_score"), evaluation.get("classifier_score_ci"), n),
+        ("penalty on samples", penalty.get("samples"), penalty.get("samples_ci"), n),
+        ("penalty on real data", penalty.get("real"), penalty.get("real_ci"), n_real),
+    ]
+    _table(["METRIC", "VALUE", "95% CI", "N"],
+           [[name, _cell(value), _ci(ci), count] for name, value, ci, count in rows if value is not None])
 
 
 def _read_spec(path: Path | None) -> dict[str, Any] | None:
@@ -198,6 +243,33 @@ def runs_get(ctx: typer.Context, run_id: str, as_json: JsonFlag = False) -> None
     _show_run(ctx.obj.runs.get(run_id), as_json)
 
 
+@runs_app.command("logs")
+def runs_logs(
+    ctx: typer.Context,
+    run_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep streaming new events until the run ends.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event, per line.")] = False,
+) -> None:
+    """The run's events, one line each: those so far, or with --follow as they happen (SSE)."""
+    for event in ctx.obj.runs.events(run_id, follow=follow):
+        typer.echo(json.dumps(event.raw, default=str) if as_json else _event_line(event))
+
+
+def _event_line(event: Event) -> str:
+    """`2026-12-01 10:00:02  metrics     step 10: loss 0.31, penalty 0.02`; warnings and errors say so."""
+    when = (event.created_at or "")[:19].replace("T", " ")
+    level = "" if event.level in (None, "info") else f"{event.level.upper()}: "
+    data = event.data if isinstance(event.data, dict) else {}
+    if event.message:
+        text = event.message
+    else:
+        fields = ", ".join(f"{key} {_cell(value)}" for key, value in data.items() if key != "step")
+        text = f"step {data['step']}: {fields}" if "step" in data else fields
+    return f"{when}  {event.type:<10}  {level}{text}".rstrip()
+
+
 @runs_app.command("watch")
 def runs_watch(
     ctx: typer.Context,
@@ -248,6 +320,21 @@ def runs_compare(
         method += f" on {len(used['runs'])} lambda=0 runs"
     seeds = result.get("seeds") or {}
     typer.echo(f"(seeds: {seeds.get('run', 1)} vs {seeds.get('baseline', 1)}; seed variance: {method})")
+
+
+@app.command("ui")
+def ui(
+    ctx: typer.Context,
+    open_browser: Annotated[bool, typer.Option("--open", help="Also open it in the default browser.")] = False,
+) -> None:
+    """The dashboard's address (<url>/ui); --open also opens it in the default browser.
+
+    Where keys are required the page asks for one once and keeps it for the browser session: the
+    key is never part of the URL."""
+    url = f"{ctx.obj.base_url}/ui"
+    typer.echo(url)
+    if open_browser:
+        webbrowser.open(url)
 
 
 @app.command("samples")

@@ -8,7 +8,7 @@ import pytest
 from regdiff_client.cli import app
 from typer.testing import CliRunner
 
-from tests.client.fake_api import Reply, problem, run_json
+from tests.client.fake_api import Reply, problem, run_json, sse
 
 
 @pytest.fixture
@@ -28,6 +28,82 @@ def test_get_prints_a_table_and_json(api, regdiff):
     assert "running" in table.stdout and "10/20" in table.stdout
     as_json = regdiff("runs", "get", "r1", "--json")
     assert json.loads(as_json.stdout)["id"] == "r1"
+
+
+EVALUATION = {  # the shape models/evaluation.py and worker/evaluation.py store on a run
+    "n_samples": 64, "n_real": 500, "fcd": 12.3456, "fcd_ci": [10.1, 14.9],
+    "fcd_noise_floor": {"value": 3.21, "ci": [2.9, 3.6], "n": 64, "draws": 50, "method": "..."},
+    "confidence": 0.87, "confidence_ci": [0.84, 0.9], "classifier_score": 8.1, "classifier_score_ci": [7.6, 8.5],
+    "penalty": {"samples": 0.21, "samples_ci": [0.2, 0.22], "real": 0.19, "real_ci": [0.185, 0.195]},
+    "penalties": {"tv": {"samples": 0.21}}, "per_sample": {"confidence": [0.9] * 64},
+}
+
+
+def test_get_prints_the_evaluation_as_an_aligned_table(api, regdiff):
+    spec = {"dataset": "digits", "lambda": 0.1,
+            "regularizer": [{"name": "tv", "weight": 1}, {"name": "l1", "weight": 0.5}]}
+    api.on("GET", "/v1/runs/r1", Reply(json=run_json("r1", "succeeded", step=20, spec=spec, evaluation=EVALUATION)))
+    lines = regdiff("runs", "get", "r1").stdout.splitlines()
+    assert "penalty 0.1 * (tv + 0.5*l1)".split() in [line.split() for line in lines]
+    table = lines[lines.index("") + 1:]
+    assert table[0].split() == ["METRIC", "VALUE", "95%", "CI", "N"]
+    rows = {line[:table[0].index("VALUE")].strip(): line for line in table[1:]}
+    assert list(rows) == ["fcd", "fcd noise floor", "confidence", "classifier score", "penalty on samples",
+                          "penalty on real data"]
+    assert rows["fcd"].split()[1:] == ["12.35", "[10.1,", "14.9]", "64"]
+    assert rows["fcd noise floor"].split()[3:] == ["3.21", "[2.9,", "3.6]", "64"]
+    assert rows["penalty on real data"].endswith("500")
+    assert len({line.index("[") for line in table[1:]}) == 1  # the columns line up
+    raw = json.loads(regdiff("runs", "get", "r1", "--json").stdout)
+    assert raw["evaluation"] == EVALUATION
+
+
+def test_get_says_when_the_evaluation_failed(api, regdiff):
+    failed = {"error": "evaluation_failed: the classifier could not be trained", "code": "evaluation_failed"}
+    api.on("GET", "/v1/runs/r1", Reply(json=run_json("r1", "succeeded", step=20, evaluation=failed)))
+    assert "evaluation failed: evaluation_failed: the classifier" in regdiff("runs", "get", "r1").stdout
+
+
+EVENTS = [
+    {"id": 1, "type": "status", "level": "info", "message": "queued", "data": {"status": "queued"},
+     "created_at": "2026-12-01T10:00:00.123456Z"},
+    {"id": 2, "type": "metrics", "level": "info", "message": "", "data": {"step": 10, "loss": 0.31234},
+     "created_at": "2026-12-01T10:00:02Z"},
+    {"id": 3, "type": "requeued", "level": "warning", "message": "no message in the broker: sent again",
+     "data": None, "created_at": "2026-12-01T10:00:03Z"},
+]
+LINES = ["2026-12-01 10:00:00  status      queued",
+         "2026-12-01 10:00:02  metrics     step 10: loss 0.3123",
+         "2026-12-01 10:00:03  requeued    WARNING: no message in the broker: sent again"]
+
+
+def test_logs_prints_the_events_so_far_one_line_each(api, regdiff):
+    api.on("GET", "/v1/runs/r1/events", Reply(json={"data": EVENTS[:2], "has_more": True}),
+           Reply(json={"data": EVENTS[2:], "has_more": False}))
+    result = regdiff("runs", "logs", "r1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == LINES
+    assert [seen.query.get("after") for seen in api.requests("GET", "/v1/runs/r1/events")] == [None, "2"]
+    assert all("event-stream" not in seen.headers.get("accept", "") for seen in api.seen)  # no waiting
+
+
+def test_logs_follow_streams_until_the_run_ends(api, regdiff):
+    api.on("GET", "/v1/runs/r1/events", sse(*[(e["id"], e["type"], e) for e in EVENTS], end=True))
+    result = regdiff("runs", "logs", "r1", "--follow")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == LINES
+    assert api.requests("GET", "/v1/runs/r1/events")[0].headers["accept"] == "text/event-stream"
+    as_json = regdiff("runs", "logs", "r1", "-f", "--json").stdout.splitlines()
+    assert [json.loads(line) for line in as_json] == EVENTS  # each event as the server sent it
+
+
+def test_ui_prints_the_dashboard_url_and_opens_it_on_request(api, regdiff, monkeypatch):
+    opened = []
+    monkeypatch.setattr("webbrowser.open", opened.append)  # no browser in a test; what it would open
+    printed = regdiff("ui")
+    assert printed.exit_code == 0 and printed.stdout.strip() == f"{api.url}/ui" and opened == []
+    assert regdiff("ui", "--open").stdout.strip() == f"{api.url}/ui" and opened == [f"{api.url}/ui"]
+    assert api.seen == []  # nothing asked of the server, and no key in the URL
 
 
 def test_api_error_exits_1_with_the_problem_on_stderr(api, regdiff):

@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 
+import httpx
 import pytest
 import regdiff_client as rd
 from PIL import Image
@@ -121,3 +122,38 @@ def test_cli_exit_codes_and_json(trained, service):
     missing = regdiff("runs", "get", "run_does_not_exist")
     assert missing.exit_code == 1 and "run_does_not_exist" in missing.stderr
     assert regdiff("runs", "watch", trained.id).exit_code == 0
+
+
+def test_cli_logs_follows_a_live_run_and_get_shows_its_evaluation(service):
+    """`runs logs --follow` on a run that has just been queued streams until it ends; `runs get`
+    then prints its evaluation (a small one: 16 samples) as a table; `ui` names a page that loads."""
+    runner = CliRunner()
+
+    def regdiff(*args):
+        result = runner.invoke(app, ["--url", service.url, *args])
+        assert result.exit_code == 0, result.output
+        return result.stdout.splitlines()
+
+    spec = {**TINY, "train": {"steps": 10, "batch_size": 16, "log_every": 5},
+            "evaluation": {"n_samples": 16, "steps": 2}}
+    with rd.Client(service.url) as client:
+        run = client.runs.create(spec=spec)
+        followed = regdiff("runs", "logs", run.id, "--follow")  # returns once the run has ended
+        assert client.runs.get(run.id).status == "succeeded"
+        written = list(client.runs.events(run.id, follow=False))
+    assert len(followed) == len(written) and followed[0].endswith("status      queued")
+    assert any(" metrics     step 10: " in line for line in followed)
+    assert followed[-1].endswith("status      succeeded")
+    assert regdiff("runs", "logs", run.id) == followed  # the same lines once it is over
+
+    shown = regdiff("runs", "get", run.id)
+    table = shown[shown.index("") + 1:]
+    assert table[0].split() == ["METRIC", "VALUE", "95%", "CI", "N"]
+    rows = {line.split("  ")[0]: line.split() for line in table[1:]}
+    assert {"fcd", "fcd noise floor", "penalty on samples", "penalty on real data"} <= set(rows)
+    assert rows["fcd"][-1] == "16" and rows["fcd"][2].startswith("[")
+
+    url = regdiff("ui")[0]
+    assert url == f"{service.url}/ui"
+    page = httpx.get(url)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

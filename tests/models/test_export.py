@@ -38,7 +38,9 @@ def test_export_loads_in_ddpm_pipeline_and_samples(tmp_path):
 
 
 def test_export_zip_holds_the_folder():
-    with zipfile.ZipFile(io.BytesIO(export_zip(tiny_state()))) as archive:
+    buffer = io.BytesIO()
+    export_zip(tiny_state(), buffer)
+    with zipfile.ZipFile(buffer) as archive:
         names = set(archive.namelist())
         spec = json.loads(archive.read("regdiff_spec.json"))
     assert {
@@ -48,3 +50,14 @@ def test_export_zip_holds_the_folder():
         "scheduler/scheduler_config.json",
     } <= names
     assert spec["step"] == 2 and spec["spec"]["model"]["prediction"] == "sample"
+
+
+def test_export_from_a_file_reads_the_ema_weights_alone(tmp_path):
+    state = tiny_state()
+    (tmp_path / "ckpt.safetensors").write_bytes(state)
+    loaded = checkpoint.from_file(tmp_path / "ckpt.safetensors", groups=("ema",))
+    full = checkpoint.from_bytes(state)
+    assert loaded.model == {} and loaded.optimizer == {} and loaded.step == full.step
+    assert loaded.ema.keys() == full.ema.keys() and all(torch.equal(v, full.ema[k]) for k, v in loaded.ema.items())
+    pipeline = DDPMPipeline.from_pretrained(export_diffusers(tmp_path / "ckpt.safetensors", tmp_path / "pipe"))
+    assert all(torch.equal(v, full.ema[k]) for k, v in pipeline.unet.state_dict().items())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 
 import httpx
@@ -49,6 +51,25 @@ def test_sigterm_gives_the_run_back_and_it_resumes_without_spending_an_attempt(s
     assert done["step"] == 12 and done["attempts"] == 1
     events = client.get(f"/v1/runs/{run_id}/events", params={"limit": 1000}).json()["data"]
     assert [e["data"]["step"] for e in events if e["type"] == "resumed"] == [saved[0]["step"]]
+
+
+@pytest.mark.skipif(os.environ.get("REGDIFF_TEST_PG_RESTART") != "1",
+                    reason="restarts the machine's PostgreSQL, which breaks any other test run against it at the"
+                    " time; .ci/run sets REGDIFF_TEST_PG_RESTART=1")
+def test_a_postgresql_restart_mid_run_costs_no_attempt(service, client):
+    if service.backend != "postgres-redis":
+        pytest.skip("restarts PostgreSQL")
+    spec = {**TINY_RUN, "train": {"steps": 120, "batch_size": 16, "log_every": 5}, "checkpoint_every": 20}
+    run_id = client.post("/v1/runs", json=spec).json()["id"]
+    wait_until(lambda: client.get(f"/v1/runs/{run_id}/checkpoints").json()["data"], timeout=180)
+    step_at_restart = client.get(f"/v1/runs/{run_id}").json()["step"]
+    (version,) = os.listdir("/etc/postgresql")
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True,
+                   capture_output=True, timeout=120)
+
+    done = wait_for(client, run_id)
+    assert done["status"] == "succeeded", done["error"]
+    assert step_at_restart < 120 and done["step"] == 120 and done["attempts"] == 1
 
 
 def test_lost_messages_are_brought_back_by_the_reconciler(service, client):

@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from store import leases, runs
-from store.db import make_engine
 from store.leases import Lease, LeaseLost
 from store.tables import Checkpoint, Run, RunEvent, as_utc
-from tests.live import ROOT, free_port, fresh_postgres_database
+from tests.live import free_port
 
 SPEC = {"train": {"steps": 10}}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def session(request, tmp_path):
-    drop = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 's.db'}"
-    else:
-        url, drop = fresh_postgres_database()
-    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True, capture_output=True,
-                   env={"REGDIFF_DATABASE_URL": url, "PATH": ""})
-    engine = make_engine(url)
-    with Session(engine) as s:
-        yield s
-    engine.dispose()
-    if drop is not None:
-        drop()
 
 
 def test_checkpoint_retention_keeps_the_last_n_and_the_final(session):

@@ -9,10 +9,8 @@ from sqlalchemy import select
 from store import leases, runs, sweeps, webhooks
 from store.leases import Lease
 from store.tables import WebhookDelivery, WebhookEvent
-from tests.store import test_runs_store
 
-SPEC = test_runs_store.SPEC
-session = test_runs_store.session  # the fixture: a store on a migrated SQLite or PostgreSQL database
+SPEC = {"train": {"steps": 10}}
 
 
 def _endpoint(session, tenant="t", events=webhooks.EVENTS, run_id=None):

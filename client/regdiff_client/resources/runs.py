@@ -131,17 +131,22 @@ def _events(run_id: str, after: str | int | None) -> Plan[None]:
         else:
             run = yield from fetch(_run_path(run_id), Run.from_json)
             if run.done:
-                yield from paginate(path, Event.from_json, after=last_id)
+                yield from _events_so_far(run_id, last_id)
                 return
         yield Sleep(min(POLL_MIN * 2**quiet_reconnects, POLL_MAX))
         quiet_reconnects += 1
+
+
+def _events_so_far(run_id: str, after: str | int | None) -> Plan[Any]:
+    """The events already written, page by page, without waiting for more; returns the last id."""
+    return paginate(_run_path(run_id, "/events"), Event.from_json, after=after)
 
 
 def _poll_events(run_id: str, after: str | int | None) -> Plan[None]:
     delay = POLL_MIN
     while True:
         run = yield from fetch(_run_path(run_id), Run.from_json)  # before the page, so nothing is missed
-        after = yield from paginate(_run_path(run_id, "/events"), Event.from_json, after=after)
+        after = yield from _events_so_far(run_id, after)
         if run.done:
             return
         yield Sleep(delay)
@@ -237,9 +242,9 @@ class Runs(SyncResource):
         with RunProgress(progress) as bar:
             return self._runner.run(_wait(run_id, timeout, raise_on_failure, bar))
 
-    def events(self, run_id: str, *, after: str | int | None = None) -> Iterator[Event]:
-        """The run's events as they happen, until it ends."""
-        return self._runner.iterate(_events(run_id, after))
+    def events(self, run_id: str, *, after: str | int | None = None, follow: bool = True) -> Iterator[Event]:
+        """The run's events as they happen, until it ends; `follow=False`: only those written so far."""
+        return self._runner.iterate(_events(run_id, after) if follow else _events_so_far(run_id, after))
 
     def metrics(self, run_id: str) -> Series:
         """Every logged series: `{"loss": [(step, value), ...], ...}`."""
@@ -303,8 +308,8 @@ class AsyncRuns(AsyncResource):
         with RunProgress(progress) as bar:
             return await self._runner.run(_wait(run_id, timeout, raise_on_failure, bar))
 
-    def events(self, run_id: str, *, after: str | int | None = None) -> AsyncIterator[Event]:
-        return self._runner.iterate(_events(run_id, after))
+    def events(self, run_id: str, *, after: str | int | None = None, follow: bool = True) -> AsyncIterator[Event]:
+        return self._runner.iterate(_events(run_id, after) if follow else _events_so_far(run_id, after))
 
     async def metrics(self, run_id: str) -> Series:
         return await self._runner.run(_metrics(run_id))
