@@ -16,7 +16,7 @@ from api.deps.auth import CLIENT_HEADER, DEFAULT_TENANT
 from api.deps.rate_limit import rate_limited
 from api.rate_limiter import RATE_LIMIT_HEADERS, RateLimiter
 from api.request_id import RequestIdMiddleware, log_with_request_ids
-from api.routers import catalog, checkpoints, datasets, health, problems, runs, samples, sweeps, ui
+from api.routers import catalog, checkpoints, datasets, health, problems, runs, samples, sweeps, ui, webhooks
 from api.security import (
     BodyLimitMiddleware,
     HostAllowlistMiddleware,
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(docs.router)
     app.include_router(ui.router)
     # Every /v1 route: the caller's key is checked (when keys are on) and spends a rate-limit token.
-    for module in (catalog, runs, samples, checkpoints, datasets, sweeps):
+    for module in (catalog, runs, samples, checkpoints, datasets, sweeps, webhooks):
         app.include_router(module.router, dependencies=[Depends(rate_limited)])
     app.state.settings = settings
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst,
@@ -73,7 +73,7 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
     if settings.cors_origins:  # off unless origins are listed; bearer keys, never cookies
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", CLIENT_HEADER],
             expose_headers=["Retry-After", "Idempotent-Replayed", *RATE_LIMIT_HEADERS], max_age=600,
         )

@@ -7,14 +7,54 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models.spec import FiniteFloat, GuidanceSpec, SamplerName, Strict
-from store.tables import Checkpoint, Dataset, Run, RunEvent, SampleJob, Sweep, as_utc
+from models.spec import FiniteFloat, GuidanceSpec, RunSpec, SamplerName, Strict
+from store.tables import (
+    Checkpoint,
+    Dataset,
+    Run,
+    RunEvent,
+    SampleJob,
+    Sweep,
+    WebhookDelivery,
+    WebhookEndpoint,
+    as_utc,
+)
 
 RunStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
 
 def _ts(moment: datetime | None) -> datetime | None:
     return as_utc(moment) if moment else None
+
+
+METADATA = ("your own labels: at most 16 string pairs, keys of 1-40 characters from A-Z a-z 0-9 _ . -,"
+            " values of at most 500 characters; lists filter on them with ?metadata[key]=value")
+
+
+class RunWebhook(Strict):
+    url: str = Field(description="http(s), at most 2,048 characters, resolving to public addresses")
+    events: list[str] | None = Field(
+        None, description="any of run.running, run.succeeded, run.failed, run.cancelled, samples.succeeded;"
+        " default: the four run.* events")
+
+
+class RunCreate(RunSpec):
+    """POST /v1/runs: a RunSpec, plus the caller's metadata and an optional webhook for this run."""
+
+    metadata: dict[str, str] | None = Field(None, description=METADATA)
+    webhook: RunWebhook | None = Field(
+        None, description="this run's own webhook endpoint; its signing secret is in the 201 answer only")
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec alone, as the run stores it."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"metadata", "webhook"})
+
+
+class RunUpdate(Strict):
+    """PATCH /v1/runs/{id}: a JSON merge patch (RFC 7396)."""
+
+    metadata: dict[str, str | None] | None = Field(
+        None, description="pairs to set; a key set to null is removed; the other keys stay")
 
 
 class RunUrls(BaseModel):
@@ -41,11 +81,16 @@ class RunPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     urls: RunUrls
+    metadata: dict[str, str] = Field(default_factory=dict, description=METADATA)
+    webhook: WebhookEndpointCreated | None = Field(
+        None, description="only in the 201 of a POST /v1/runs with a `webhook`: the run's endpoint and its"
+        " secret, shown this once (the endpoint is listed in /v1/webhook_endpoints with this run's run_id)")
 
     @classmethod
-    def of(cls, run: Run) -> RunPublic:
+    def of(cls, run: Run, webhook: WebhookEndpoint | None = None) -> RunPublic:
         base = f"/v1/runs/{run.id}"
         return cls(
+            metadata=run.meta or {}, webhook=WebhookEndpointCreated.of(webhook) if webhook else None,
             id=run.id, status=run.status, spec=run.spec, sweep_id=run.sweep_id, step=run.step,
             total_steps=run.total_steps, progress=round(run.step / max(run.total_steps, 1), 4),
             metrics=run.metrics, evaluation=run.evaluation, error=run.error, attempts=run.attempts,
@@ -189,6 +234,7 @@ class SweepCreate(Strict):
     max_fcd_increase: FiniteFloat | None = Field(
         None, ge=0, description="the best setting may raise FCD by up to this much (point estimate) instead of"
         " keeping quality within its interval")
+    metadata: dict[str, str] | None = Field(None, description=METADATA + "; copied to every run of the sweep")
 
     @field_validator("seeds")
     @classmethod
@@ -233,6 +279,7 @@ class SweepPublic(BaseModel):
     runs: list[SweepRunPublic]
     created_at: datetime
     urls: dict[str, str]
+    metadata: dict[str, str] = Field(default_factory=dict, description=METADATA)
 
     @classmethod
     def of(cls, sweep: Sweep, runs: list[Run], status: str, values: list[dict[str, Any]]) -> SweepPublic:
@@ -242,6 +289,7 @@ class SweepPublic(BaseModel):
             counts[run.status] = counts.get(run.status, 0) + 1
         options = sweep.options or {}
         return cls(id=sweep.id, status=status, base=sweep.base, vary=sweep.vary, points=len(runs), counts=counts,
+                   metadata=sweep.meta or {},
                    seeds=options.get("seeds"), max_fcd_increase=options.get("max_fcd_increase"),
                    runs=[SweepRunPublic.of(r, v) for r, v in zip(runs, values)], created_at=_ts(sweep.created_at),
                    urls={"self": base, "cancel": f"{base}/cancel", "report": f"{base}/report",
@@ -376,6 +424,86 @@ class SweepReport(BaseModel):
     markdown: str
 
 
+# ---- webhooks ------------------------------------------------------------------------------------
+
+
+class WebhookEndpointCreate(Strict):
+    url: str = Field(description="http(s), at most 2,048 characters; every address its host resolves to must be"
+                     " public (not loopback, private, link-local, multicast or reserved) unless the server sets"
+                     " REGDIFF_WEBHOOK_ALLOW_PRIVATE=true")
+    events: list[str] | None = Field(
+        None, description="any of run.running, run.succeeded, run.failed, run.cancelled, sweep.finished,"
+        " samples.succeeded; default: all of them")
+    description: str | None = Field(None, max_length=500)
+
+
+class WebhookEndpointPublic(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    url: str
+    events: list[str]
+    description: str | None
+    run_id: str | None = Field(description="set when the endpoint came with a run's `webhook`: it hears that run only")
+    created_at: datetime
+    urls: dict[str, str]
+
+    @classmethod
+    def fields_of(cls, endpoint: WebhookEndpoint) -> dict[str, Any]:
+        base = f"/v1/webhook_endpoints/{endpoint.id}"
+        return dict(id=endpoint.id, url=endpoint.url, events=endpoint.events, description=endpoint.description,
+                    run_id=endpoint.run_id, created_at=_ts(endpoint.created_at),
+                    urls={"self": base, "deliveries": f"{base}/deliveries"})
+
+    @classmethod
+    def of(cls, endpoint: WebhookEndpoint) -> WebhookEndpointPublic:
+        return cls(**cls.fields_of(endpoint))
+
+
+class WebhookEndpointCreated(WebhookEndpointPublic):
+    """The answer that creates an endpoint: the only one that carries its secret."""
+
+    secret: str = Field(description="whsec_<base64>: the HMAC-SHA256 key of the webhook-signature header (Standard"
+                        " Webhooks); shown this once, keep it")
+
+    @classmethod
+    def of(cls, endpoint: WebhookEndpoint) -> WebhookEndpointCreated:
+        return cls(**cls.fields_of(endpoint), secret=endpoint.secret)
+
+
+class WebhookEndpointsPublic(BaseModel):
+    data: list[WebhookEndpointPublic]
+    has_more: bool
+    next_cursor: str | None
+
+
+class WebhookDeliveryPublic(BaseModel):
+    id: str
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    event_id: str = Field(description="the webhook-id header: the same on every try of this event")
+    type: str
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: int
+    last_response_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None = Field(description="when a pending delivery is tried next")
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, delivery: WebhookDelivery) -> WebhookDeliveryPublic:
+        return cls(id=delivery.id, event_id=delivery.event_id, type=delivery.event.type, status=delivery.status,
+                   attempts=delivery.attempts, last_response_code=delivery.last_response_code,
+                   last_error=delivery.last_error,
+                   next_attempt_at=_ts(delivery.next_attempt_at) if delivery.status == "pending" else None,
+                   created_at=_ts(delivery.created_at), finished_at=_ts(delivery.finished_at))
+
+
+class WebhookDeliveriesPublic(BaseModel):
+    data: list[WebhookDeliveryPublic]
+    has_more: bool
+    next_cursor: str | None
+
+
 # ---- catalog and health ------------------------------------------------------------------------
 
 
@@ -413,3 +541,6 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(description='per dependency ("database", "broker"): "ok" or "error: <kind>"')
+
+
+RunPublic.model_rebuild()  # its `webhook` is declared above WebhookEndpointCreated

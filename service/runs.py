@@ -5,17 +5,19 @@ and a lost one is re-sent by the reconciler (worker/reconciler.py)."""
 from __future__ import annotations
 
 import logging
+from typing import Any, NamedTuple
 
 from sqlalchemy.orm import Session
 
 from models.spec import RunSpec
-from service import limits
+from service import limits, webhooks
+from service import metadata as labels
 from service.datasets import check_run_dataset
 from service.errors import Problem
 from service.lookup import found, page
 from store import runs
 from store.settings import Settings
-from store.tables import Checkpoint, Run
+from store.tables import Checkpoint, Run, WebhookEndpoint
 from worker.celery_app import enqueue_train
 
 log = logging.getLogger(__name__)
@@ -43,28 +45,56 @@ def enqueue_all(run_ids: list[str]) -> None:
             log.exception("could not enqueue run %s; the reconciler will retry", run_id)
 
 
-def submit(session: Session, settings: Settings, tenant: str, spec: RunSpec, *,
-           idempotency_key: str | None = None) -> tuple[Run, bool]:
-    """Validate against the database, store the run, then wake a worker; returns (run, created).
+class Submitted(NamedTuple):
+    run: Run
+    created: bool
+    webhook: WebhookEndpoint | None  # the run's own endpoint, made by this request (its secret shown once)
 
-    A repeated Idempotency-Key with the same body returns the first run (created False)."""
+
+def submit(session: Session, settings: Settings, tenant: str, spec: RunSpec, *,
+           idempotency_key: str | None = None, metadata: dict[str, str] | None = None,
+           webhook: dict[str, Any] | None = None) -> Submitted:
+    """Validate against the database, store the run (with its own webhook endpoint when `webhook`
+    {url, events} is given), then wake a worker.
+
+    A repeated Idempotency-Key with the same body returns the first run (created False, and no
+    webhook: its secret was shown once)."""
+    pairs = labels.check(metadata)
+    events = webhooks.check_run_webhook(settings, webhook["url"], webhook.get("events")) if webhook else None
     check_against_server(session, settings, tenant, spec)
     limits.check_run_quota(session, settings, tenant, idempotency_key=idempotency_key)
+    extras: dict[str, Any] = {}  # part of the Idempotency-Key's check of the body, like the spec
+    if pairs:
+        extras["metadata"] = pairs
+    if webhook:
+        extras["webhook"] = {"url": webhook["url"], "events": events}
     try:
         run, created = runs.create_run(session=session, tenant=tenant, spec=spec.to_json(),
-                                       idempotency_key=idempotency_key)
+                                       idempotency_key=idempotency_key, metadata=pairs, request_extras=extras)
     except runs.IdempotencyConflict as exc:
         raise idempotency_reused(f"run {exc}") from None
+    endpoint = None
+    if created and webhook:
+        endpoint = webhooks.add_run_webhook(session, tenant, run.id, url=webhook["url"], events=events)
     session.commit()
     if created:
         enqueue_all([run.id])
-    return run, created
+    return Submitted(run, created, endpoint)
 
 
 def list_runs(session: Session, tenant: str, *, limit: int, after: str | None, status: str | None,
-              sweep_id: str | None) -> tuple[list[Run], bool]:
+              sweep_id: str | None, metadata: dict[str, str] | None = None) -> tuple[list[Run], bool]:
     return page(runs.list_runs, session=session, tenant=tenant, limit=limit, after=after, status=status,
-                sweep_id=sweep_id)
+                sweep_id=sweep_id, metadata=labels.check_filter(metadata or {}))
+
+
+def update(session: Session, run: Run, *, metadata: dict[str, str | None] | None) -> Run:
+    """PATCH: the metadata merged as a JSON merge patch (null removes a key); nothing else of a
+    run is the caller's to change once it is submitted."""
+    if metadata is not None:
+        run.meta = labels.merge(run.meta, metadata) or None
+        session.commit()
+    return run
 
 
 def get_run(session: Session, tenant: str, run_id: str) -> Run:

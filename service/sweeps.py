@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from models.spec import RunSpec
 from service import limits, reports, sweep_verdicts
+from service import metadata as labels
 from service.errors import Problem, detail_of, field_errors, invalid, invalid_fields
 from service.lookup import found, page
 from service.runs import check_against_server, enqueue_all, idempotency_reused
@@ -188,9 +189,12 @@ def _check_against_server(session: Session, settings: Settings, tenant: str, spe
 
 def submit(session: Session, settings: Settings, tenant: str, base_spec: dict[str, Any],
            vary_values: dict[str, list[Any]], *, seeds: list[int] | None = None,
-           max_fcd_increase: float | None = None, idempotency_key: str | None = None) -> tuple[Sweep, bool]:
+           max_fcd_increase: float | None = None, idempotency_key: str | None = None,
+           metadata: dict[str, str] | None = None) -> tuple[Sweep, bool]:
     """Expand, check every point against the server, store the sweep and its runs in one
-    transaction, then wake a worker per run; returns (sweep, created)."""
+    transaction, then wake a worker per run; returns (sweep, created). `metadata` goes on the
+    sweep and on every one of its runs."""
+    pairs = labels.check(metadata)
     check_seeds(seeds, vary_values, settings.max_sweep_seeds)
     base, vary, specs = expand(base_spec, vary_values, settings.max_sweep_points, seeds=seeds)
     options = {"seeds": seeds, "max_fcd_increase": max_fcd_increase}
@@ -200,7 +204,7 @@ def submit(session: Session, settings: Settings, tenant: str, base_spec: dict[st
     try:
         sweep, created = stored.create_sweep(session=session, tenant=tenant, base=base, vary=vary,
                                              specs=[s.to_json() for s in specs], idempotency_key=idempotency_key,
-                                             options=options)
+                                             options=options, metadata=pairs)
     except runs.IdempotencyConflict as exc:
         raise idempotency_reused(str(exc)) from None
     session.commit()
@@ -209,8 +213,10 @@ def submit(session: Session, settings: Settings, tenant: str, base_spec: dict[st
     return sweep, created
 
 
-def list_sweeps(session: Session, tenant: str, *, limit: int, after: str | None) -> tuple[list[Sweep], bool]:
-    return page(stored.list_sweeps, session=session, tenant=tenant, limit=limit, after=after)
+def list_sweeps(session: Session, tenant: str, *, limit: int, after: str | None,
+                metadata: dict[str, str] | None = None) -> tuple[list[Sweep], bool]:
+    return page(stored.list_sweeps, session=session, tenant=tenant, limit=limit, after=after,
+                metadata=labels.check_filter(metadata or {}))
 
 
 def get_sweep(session: Session, tenant: str, sweep_id: str) -> Sweep:
@@ -219,11 +225,14 @@ def get_sweep(session: Session, tenant: str, sweep_id: str) -> Sweep:
 
 
 def cancel(session: Session, sweep: Sweep) -> None:
-    """Cancels every unfinished run (queued ones at once, running ones at their next check)."""
+    """Cancels every unfinished run (queued ones at once, running ones at their next check).
+
+    One commit per run: a run's end locks the run, then its sweep (sweep.finished, in
+    store/webhooks.py), so a transaction holding the sweep must not wait for another run."""
     for run in stored.sweep_runs(session=session, sweep=sweep):
         if run.status in ("queued", "running"):
             runs.request_cancel(session=session, run=run)
-    session.commit()
+            session.commit()
     session.expire_all()
 
 

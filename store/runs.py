@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
-from store import leases
+from store import leases, webhooks
 from store.leases import Lease, fence, held_by
 from store.pagination import keyset_page
 from store.settings import get_settings
@@ -35,9 +35,14 @@ def create_run(
     spec: dict[str, Any],
     idempotency_key: str | None = None,
     sweep_id: str | None = None,
+    metadata: dict[str, str] | None = None,
+    request_extras: dict[str, Any] | None = None,
 ) -> tuple[Run, bool]:
-    """Insert a queued run; returns (run, created). A repeated key returns the original run."""
-    digest = spec_hash(spec)
+    """Insert a queued run; returns (run, created). A repeated key returns the original run.
+
+    `request_extras`: what else the request carried (metadata, a webhook), compared with the
+    first request's like the spec is."""
+    digest = spec_hash({**spec, **request_extras} if request_extras else spec)
     if idempotency_key is not None:
         existing = _by_key(session, tenant, idempotency_key)
         if existing is not None:
@@ -50,6 +55,7 @@ def create_run(
         idempotency_key=idempotency_key,
         request_hash=digest,
         enqueued_at=utcnow(),
+        meta=metadata or None,
     )
     try:
         with session.begin_nested():
@@ -99,14 +105,22 @@ def list_runs(
     after: str | None = None,
     status: str | None = None,
     sweep_id: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> tuple[list[Run], bool]:
-    """Newest first; `after` is the id of the last run of the previous page (UnknownCursor if none)."""
+    """Newest first; `after` is the id of the last run of the previous page (UnknownCursor if none).
+    `metadata`: only runs with every one of these pairs."""
     query = select(Run).where(Run.tenant == tenant)
     if status:
         query = query.where(Run.status == status)
     if sweep_id:
         query = query.where(Run.sweep_id == sweep_id)
+    query = query.where(*has_metadata(Run.meta, metadata))
     return keyset_page(session, query, Run, tenant=tenant, limit=limit, after=after)
+
+
+def has_metadata(column: Any, metadata: dict[str, str] | None) -> list[Any]:
+    """WHERE clauses: the JSON `column` (a run's or a sweep's metadata) holds every pair."""
+    return [column[key].as_string() == value for key, value in (metadata or {}).items()]
 
 
 def add_event(
@@ -187,6 +201,8 @@ def set_status(
         drop_intermediate_checkpoints(session=session, run_id=run_id)
     add_event(session=session, run_id=run_id, type="status", level=level, message=message or status,
               data={"status": status, **(event_data or {})})
+    if status in TERMINAL:
+        webhooks.run_changed(session=session, run_id=run_id, status=status)
     return True
 
 
@@ -199,6 +215,7 @@ def claim_run(*, session: Session, run_id: str, owner: str, lease_seconds: float
     made progress, so whatever ended it was not the run's fault). A worker that gives a run
     back (warm shutdown, database unreachable) refunds its own claim in `give_back`."""
     progressed = _progressed_since_claim(session, run_id)
+    first = session.scalar(select(Run.started_at).where(Run.id == run_id)) is None
     claim = leases.claim(session, Run, run_id, owner=owner, lease_seconds=lease_seconds)
     if not claim.won:
         return claim
@@ -208,6 +225,8 @@ def claim_run(*, session: Session, run_id: str, owner: str, lease_seconds: float
         session.execute(update(Run).where(Run.id == run_id).values(attempts=attempts))
     set_status(session=session, run_id=run_id, status="running", message=f"attempt {attempts} on {owner}",
                event_data={"attempt": attempts, "resume_step": _checkpoint_step(session, run_id)})
+    if first:  # run.running once per run: a resumed or retried run is not news to a webhook
+        webhooks.run_changed(session=session, run_id=run_id, status="running")
     return leases.Claim(True, attempts, claim.epoch)
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
-from store import runs
+from store import runs, webhooks
 from store.leases import Lease, release
 from store.tables import Checkpoint, SampleJob, utcnow
 
@@ -82,5 +82,10 @@ def job_source(*, session: Session, sample_id: str) -> tuple[dict[str, Any], Che
 
 def finish_sample(*, session: Session, sample_id: str, lease: Lease, **values: Any) -> bool:
     """Stamp the outcome (status, images or error) and drop the lease; only while `lease` still
-    holds the job (False: another claim owns it now, and its outcome is that worker's to write)."""
-    return release(session, SampleJob, sample_id, lease=lease, finished_at=utcnow(), **values)
+    holds the job (False: another claim owns it now, and its outcome is that worker's to write).
+    A success writes its samples.succeeded event in the same transaction."""
+    if not release(session, SampleJob, sample_id, lease=lease, finished_at=utcnow(), **values):
+        return False
+    if values.get("status") == "succeeded":
+        webhooks.sample_succeeded(session=session, sample_id=sample_id)
+    return True

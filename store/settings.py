@@ -108,6 +108,17 @@ class Settings(BaseSettings):
     max_sweep_points: int = Field(32, ge=1, description="most runs one sweep may create (points x seeds + baselines)")
     max_sweep_seeds: int = Field(8, ge=1, description="most training seeds one sweep may ask for (`seeds`)")
 
+    # Webhooks (worker/webhooks.py delivers them)
+    webhook_allow_private: bool = Field(
+        False, description="let webhook URLs resolve to loopback, private, link-local or reserved addresses"
+        " (a receiver on this machine or the LAN); off, such a URL is a 422 and is refused again at delivery")
+    webhook_max_attempts: int = Field(8, ge=1, description="tries of one delivery before it is marked failed")
+    webhook_backoff_seconds: float = Field(
+        30.0, gt=0, description="wait before the first retry; doubled each time, up to REGDIFF_WEBHOOK_BACKOFF_MAX_SECONDS")
+    webhook_backoff_max_seconds: float = Field(3600.0, gt=0, description="longest wait between two tries")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="a receiver that takes longer has failed this try")
+    webhook_poll_seconds: float = Field(1.0, gt=0, description="how often each worker looks for due deliveries")
+
     @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:

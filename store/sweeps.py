@@ -123,39 +123,43 @@ def create_sweep(
     specs: list[dict[str, Any]],
     idempotency_key: str | None = None,
     options: dict[str, Any] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> tuple[Sweep, bool]:
     """The sweep and one queued run per spec, in the caller's transaction (all or nothing).
+    Every run gets the sweep's `metadata`, so a list filtered by it finds them.
 
     With an Idempotency-Key, run i gets the key `sweep:<key>:<i>`; a retry finds run 0 and
     returns its sweep (created False). Raises runs.IdempotencyConflict when the key was used
     for another request.
     """
     if idempotency_key is not None:
-        replay = _replay(session, tenant, idempotency_key, base, vary, options)
+        replay = _replay(session, tenant, idempotency_key, base, vary, options, metadata)
         if replay is not None:
             return replay, False
-    sweep = Sweep(tenant=tenant, base=base, vary=vary, options=options)
+    sweep = Sweep(tenant=tenant, base=base, vary=vary, options=options, meta=metadata or None)
     session.add(sweep)
     session.flush()
     for i, spec in enumerate(specs):
         key = f"sweep:{idempotency_key}:{i}" if idempotency_key is not None else None
         _, created = runs.create_run(session=session, tenant=tenant, spec=spec, idempotency_key=key,
-                                     sweep_id=sweep.id)
+                                     sweep_id=sweep.id, metadata=metadata)
         if not created:  # a concurrent request with this key won: answer with its sweep
             session.rollback()
-            replay = _replay(session, tenant, idempotency_key, base, vary, options)
+            replay = _replay(session, tenant, idempotency_key, base, vary, options, metadata)
             if replay is None:
                 raise runs.IdempotencyConflict(f"sweep:{idempotency_key}:{i}")
             return replay, False
     return sweep, True
 
 
-def _replay(session: Session, tenant: str, key: str, base: dict, vary: dict, options: dict | None) -> Sweep | None:
+def _replay(session: Session, tenant: str, key: str, base: dict, vary: dict, options: dict | None,
+            metadata: dict | None) -> Sweep | None:
     first = session.scalar(select(Run).where(Run.tenant == tenant, Run.idempotency_key == f"sweep:{key}:0"))
     if first is None:
         return None
     sweep = get_sweep(session=session, tenant=tenant, sweep_id=first.sweep_id or "")
-    if sweep is None or sweep.base != base or sweep.vary != vary or (sweep.options or None) != (options or None):
+    if (sweep is None or sweep.base != base or sweep.vary != vary or (sweep.options or None) != (options or None)
+            or (sweep.meta or None) != (metadata or None)):
         raise runs.IdempotencyConflict(first.sweep_id or first.id)
     return sweep
 
@@ -178,7 +182,9 @@ def delete_sweep(*, session: Session, sweep_id: str) -> None:
     session.execute(delete(Sweep).where(Sweep.id == sweep_id))
 
 
-def list_sweeps(*, session: Session, tenant: str, limit: int, after: str | None = None) -> tuple[list[Sweep], bool]:
-    """Newest first; `after` is the id of the last sweep of the previous page (UnknownCursor if none)."""
-    return keyset_page(session, select(Sweep).where(Sweep.tenant == tenant), Sweep, tenant=tenant, limit=limit,
-                       after=after)
+def list_sweeps(*, session: Session, tenant: str, limit: int, after: str | None = None,
+                metadata: dict[str, str] | None = None) -> tuple[list[Sweep], bool]:
+    """Newest first; `after` is the id of the last sweep of the previous page (UnknownCursor if none).
+    `metadata`: only sweeps with every one of these pairs."""
+    query = select(Sweep).where(Sweep.tenant == tenant, *runs.has_metadata(Sweep.meta, metadata))
+    return keyset_page(session, query, Sweep, tenant=tenant, limit=limit, after=after)

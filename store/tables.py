@@ -24,7 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
@@ -82,6 +82,8 @@ class Run(LeasedJob, Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The caller's own labels (<= 16 string pairs, service/metadata.py); `metadata` is taken by SQLAlchemy.
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
 
 
 class RunEvent(Base):
@@ -157,6 +159,7 @@ class Sweep(Base):
     vary: Mapped[dict[str, Any]]
     # {"seeds": [...] | None, "max_fcd_increase": float | None}: request settings besides the grid
     options: Mapped[dict[str, Any] | None]
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)  # copied to every run of the sweep
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -180,3 +183,62 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+class WebhookEndpoint(Base):
+    """Where a tenant's events are POSTed, signed with `secret` (Standard Webhooks: `whsec_<base64>`).
+
+    The secret is kept as is (the signature needs it) and shown once, in the answer that creates
+    it. An endpoint with a `run_id` came with that run's `webhook` and hears only that run."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_tenant_created", "tenant", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("whe"))
+    tenant: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(String(500))
+    secret: Mapped[str] = mapped_column(String(128))
+    run_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEvent(Base):
+    """The outbox: an event, written in the transaction of the status change that caused it.
+
+    Its id is the `webhook-id` of every delivery and retry. Events of a run or a sweep have ids
+    derived from (subject, type), so each fires once per subject however often the change is seen."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the delivery log, and the workers' work list (`pending` rows
+    whose `next_attempt_at` has come)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("whd"))
+    tenant: Mapped[str] = mapped_column(String(64))
+    endpoint_id: Mapped[str] = mapped_column(String(32), ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(String(32), ForeignKey("webhook_events.id", ondelete="CASCADE"),
+                                          index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | succeeded | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_response_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    event: Mapped[WebhookEvent] = relationship(lazy="joined")  # the log shows each delivery's event type

@@ -12,6 +12,7 @@ from worker.heartbeat import SHUTTING_DOWN
 from worker.reconciler import start_reconciler_thread
 from worker.samples import run_sampling
 from worker.training import run_training
+from worker.webhooks import start_delivery_thread
 
 
 def owner() -> str:
@@ -19,7 +20,7 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-_reconciler_stop = None
+_stops = []  # the stop events of the worker's background loops
 
 
 @app.task(name=TRAIN_TASK)
@@ -33,15 +34,15 @@ def sample(sample_id: str) -> None:
 
 
 @worker_ready.connect
-def _start_reconciler(**_: object) -> None:
-    global _reconciler_stop
-    _reconciler_stop = start_reconciler_thread()
+def _start_loops(**_: object) -> None:
+    """The reconciler, and the webhook deliveries (worker/webhooks.py), beside the tasks."""
+    _stops.extend([start_reconciler_thread(), start_delivery_thread()])
 
 
 @worker_shutdown.connect
-def _stop_reconciler(**_: object) -> None:
-    if _reconciler_stop is not None:
-        _reconciler_stop.set()
+def _stop_loops(**_: object) -> None:
+    for stop in _stops:
+        stop.set()
 
 
 @worker_shutting_down.connect

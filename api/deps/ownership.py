@@ -10,8 +10,8 @@ from fastapi import Depends, Path
 
 from api.deps.auth import TenantDep
 from api.deps.session import SessionDep
-from service import runs, samples, sweeps
-from store.tables import Run, SampleJob, Sweep
+from service import runs, samples, sweeps, webhooks
+from store.tables import Run, SampleJob, Sweep, WebhookEndpoint
 
 
 def owned_run(run_id: Annotated[str, Path()], session: SessionDep, tenant: TenantDep) -> Run:
@@ -26,6 +26,12 @@ def owned_sweep(sweep_id: Annotated[str, Path(max_length=64)], session: SessionD
     return sweeps.get_sweep(session, tenant, sweep_id)
 
 
+def owned_endpoint(endpoint_id: Annotated[str, Path(max_length=64)], session: SessionDep,
+                   tenant: TenantDep) -> WebhookEndpoint:
+    return webhooks.get_endpoint(session, tenant, endpoint_id)
+
+
 OwnedRun = Annotated[Run, Depends(owned_run)]
 OwnedSample = Annotated[SampleJob, Depends(owned_sample)]
 OwnedSweep = Annotated[Sweep, Depends(owned_sweep)]
+OwnedEndpoint = Annotated[WebhookEndpoint, Depends(owned_endpoint)]

@@ -9,6 +9,8 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from api.deps.auth import TenantDep
+from api.deps.metadata import OPENAPI as METADATA_QUERY
+from api.deps.metadata import MetadataFilter
 from api.deps.ownership import OwnedRun
 from api.deps.pagination import PageDep, next_cursor
 from api.deps.session import SessionDep, SettingsDep
@@ -21,11 +23,12 @@ from api.schemas import (
     EventsPublic,
     MetricsPublic,
     RunComparison,
+    RunCreate,
     RunPublic,
     RunsPublic,
     RunStatus,
+    RunUpdate,
 )
-from models.spec import RunSpec
 from service import compare
 from service import runs as service
 from service.errors import Problem
@@ -39,32 +42,35 @@ MAX_EVENT_ID = 2**63 - 1  # run_events.id is 64-bit (BIGINT on PostgreSQL, the r
 
 @router.post("", status_code=201, response_model=RunPublic)
 def create_run(
-    spec: RunSpec,
+    spec: RunCreate,
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> RunPublic:
-    run, created = service.submit(session, settings, tenant, spec, idempotency_key=idempotency_key)
-    public = RunPublic.of(run)
+    webhook = spec.webhook.model_dump() if spec.webhook else None
+    submitted = service.submit(session, settings, tenant, spec, idempotency_key=idempotency_key,
+                               metadata=spec.metadata, webhook=webhook)
+    public = RunPublic.of(submitted.run, submitted.webhook)
     response.headers["Location"] = public.urls.self
-    if not created:
+    if not submitted.created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
     return public
 
 
-@router.get("", response_model=RunsPublic)
+@router.get("", response_model=RunsPublic, openapi_extra=METADATA_QUERY)
 def list_runs(
     session: SessionDep,
     tenant: TenantDep,
     page: PageDep,
+    metadata: MetadataFilter,
     status: RunStatus | None = None,
     sweep_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> RunsPublic:
     rows, has_more = service.list_runs(session, tenant, limit=page.limit, after=page.after, status=status,
-                                       sweep_id=sweep_id)
+                                       sweep_id=sweep_id, metadata=metadata)
     return RunsPublic(data=[RunPublic.of(r) for r in rows], has_more=has_more,
                       next_cursor=next_cursor(rows, has_more))
 
@@ -72,6 +78,12 @@ def list_runs(
 @router.get("/{run_id}", response_model=RunPublic)
 def get_run(run: OwnedRun) -> RunPublic:
     return RunPublic.of(run)
+
+
+@router.patch("/{run_id}", response_model=RunPublic)
+def update_run(run: OwnedRun, body: RunUpdate, session: SessionDep) -> RunPublic:
+    """Change the run's metadata as a JSON merge patch: a key set to null is removed, others are set."""
+    return RunPublic.of(service.update(session, run, metadata=body.metadata))
 
 
 @router.post("/{run_id}/cancel", response_model=RunPublic, responses=CONFLICT)

@@ -11,6 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from api.deps.auth import TenantDep
+from api.deps.metadata import OPENAPI as METADATA_QUERY
+from api.deps.metadata import MetadataFilter
 from api.deps.ownership import OwnedSweep
 from api.deps.pagination import PageDep, next_cursor
 from api.deps.session import SessionDep, SettingsDep
@@ -37,7 +39,8 @@ def create_sweep(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> SweepPublic:
     sweep, created = service.submit(session, settings, tenant, body.base, body.vary, seeds=body.seeds,
-                                    max_fcd_increase=body.max_fcd_increase, idempotency_key=idempotency_key)
+                                    max_fcd_increase=body.max_fcd_increase, idempotency_key=idempotency_key,
+                                    metadata=body.metadata)
     public = _public(session, sweep)
     response.headers["Location"] = public.urls["self"]
     if not created:
@@ -46,9 +49,9 @@ def create_sweep(
     return public
 
 
-@router.get("", response_model=SweepsPublic)
-def list_sweeps(session: SessionDep, tenant: TenantDep, page: PageDep) -> SweepsPublic:
-    rows, has_more = service.list_sweeps(session, tenant, limit=page.limit, after=page.after)
+@router.get("", response_model=SweepsPublic, openapi_extra=METADATA_QUERY)
+def list_sweeps(session: SessionDep, tenant: TenantDep, page: PageDep, metadata: MetadataFilter) -> SweepsPublic:
+    rows, has_more = service.list_sweeps(session, tenant, limit=page.limit, after=page.after, metadata=metadata)
     return SweepsPublic(data=[_public(session, s) for s in rows], has_more=has_more,
                         next_cursor=next_cursor(rows, has_more))
 

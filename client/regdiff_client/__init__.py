@@ -5,8 +5,11 @@ client = Client()                      # REGDIFF_URL, REGDIFF_API_KEY
 run = client.runs.create(dataset="digits", regularizer="tv", lambda_=0.1)
 client.runs.wait(run.id)
 client.runs.save_grid(run.id, "grid.png")
+
+webhooks.verify(secret, headers, body) checks a delivery's signature (regdiff_client/webhooks.py).
 """
 
+from . import webhooks
 from ._client import AsyncClient, Client
 from ._errors import (
     APIConnectionError,
@@ -24,7 +27,8 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._version import __version__
-from .types import Checkpoint, Dataset, Event, Run, SampleJob, Sweep
+from .types import Checkpoint, Dataset, Event, Run, SampleJob, Sweep, WebhookDelivery, WebhookEndpoint
+from .webhooks import WebhookVerificationError
 
 __all__ = [
     "APIConnectionError",
@@ -48,5 +52,9 @@ __all__ = [
     "Sweep",
     "UnprocessableEntityError",
     "WaitTimeoutError",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookVerificationError",
     "__version__",
+    "webhooks",
 ]

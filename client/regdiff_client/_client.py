@@ -9,7 +9,18 @@ import httpx
 
 from ._http import DEFAULT_TIMEOUT, AsyncTransport, RetryPolicy, SyncTransport, default_headers
 from ._plan import AsyncRunner, Plan, SyncRunner, fetch
-from .resources import AsyncRuns, AsyncSamples, AsyncSweeps, Checkpoints, Datasets, Runs, Samples, Sweeps
+from .resources import (
+    AsyncRuns,
+    AsyncSamples,
+    AsyncSweeps,
+    AsyncWebhookEndpoints,
+    Checkpoints,
+    Datasets,
+    Runs,
+    Samples,
+    Sweeps,
+    WebhookEndpoints,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -68,6 +79,7 @@ class Client:
         self.checkpoints = Checkpoints(self._runner)
         self.datasets = Datasets(self._runner)
         self.sweeps = Sweeps(self._runner)
+        self.webhook_endpoints = WebhookEndpoints(self._runner)
 
     def regularizers(self) -> list[dict[str, Any]]:
         """Names, parameter schemas and docs of the penalties a spec may name."""
@@ -90,7 +102,7 @@ class Client:
 
 
 class AsyncClient:
-    """The asyncio twin of `Client` (runs, samples, sweeps and the service calls)."""
+    """The asyncio twin of `Client` (runs, samples, sweeps, webhook endpoints and the service calls)."""
 
     def __init__(
         self,
@@ -109,6 +121,7 @@ class AsyncClient:
         self.runs = AsyncRuns(self._runner)
         self.samples = AsyncSamples(self._runner)
         self.sweeps = AsyncSweeps(self._runner)
+        self.webhook_endpoints = AsyncWebhookEndpoints(self._runner)
 
     async def regularizers(self) -> list[dict[str, Any]]:
         return await self._runner.run(_regularizers())

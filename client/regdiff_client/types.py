@@ -40,6 +40,8 @@ class Run(Model):
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    webhook: dict[str, Any] | None = None  # only from `create` with a webhook: its endpoint and secret, shown once
 
     @property
     def done(self) -> bool:
@@ -99,6 +101,32 @@ class Sweep(Model):
     seeds: list[int] | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     created_at: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookEndpoint(Model):
+    id: str
+    url: str
+    events: list[str] = field(default_factory=list)
+    description: str | None = None
+    run_id: str | None = None  # set for a run's own webhook
+    secret: str | None = None  # only in what `create` returns: keep it, it is not shown again
+    created_at: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookDelivery(Model):
+    id: str
+    event_id: str  # the webhook-id header, the same on every try
+    type: str
+    status: str  # pending | succeeded | failed
+    attempts: int = 0
+    last_response_code: int | None = None
+    last_error: str | None = None
+    next_attempt_at: str | None = None
+    created_at: str | None = None
+    finished_at: str | None = None
 
 
 Series = dict[str, list[tuple[int, float]]]

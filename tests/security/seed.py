@@ -9,7 +9,7 @@ from models.images import grid_png
 from models.uploads import to_npz_bytes
 from store import runs
 from store.db import session_scope
-from store.tables import Dataset, SampleJob, Sweep
+from store.tables import Dataset, SampleJob, Sweep, WebhookEndpoint
 
 TINY = {"dataset": "digits", "regularizer": "tv", "lambda": 0.1, "model": {"preset": "unet-xs"},
         "train": {"steps": 20, "batch_size": 16, "log_every": 5}, "preview": {"n": 4, "steps": 10}}
@@ -43,7 +43,8 @@ def add_checkpoint(run_id: str, data: bytes = CORRUPT) -> str:
 
 
 def seed_tenant(client, headers: dict[str, str], tenant: str, checkpoint: bytes = CORRUPT) -> dict[str, str]:
-    """A run with events, metrics, a checkpoint, a preview and a sample job; a dataset; a sweep.
+    """A run with events, metrics, a checkpoint, a preview and a sample job; a dataset; a sweep;
+    a webhook endpoint.
 
     Returns path parameter name -> an id this tenant owns."""
     run_id = client.post("/v1/runs", json=TINY, headers=headers).raise_for_status().json()["id"]
@@ -57,7 +58,9 @@ def seed_tenant(client, headers: dict[str, str], tenant: str, checkpoint: bytes 
                           data=to_npz_bytes(ImageSet(IMAGES, None)),
                           info={"image_size": 8, "channels": 1, "count": 4, "num_classes": None})
         sweep = Sweep(tenant=tenant, base=TINY, vary={"lambda": [0.0, 0.1]})
-        session.add_all([*jobs, dataset, sweep])
+        endpoint = WebhookEndpoint(tenant=tenant, url="https://1.1.1.1/hooks", events=["run.succeeded"],
+                                   secret="whsec_AAAA")
+        session.add_all([*jobs, dataset, sweep, endpoint])
         session.flush()
         return {"run_id": run_id, "checkpoint_id": checkpoint_id, "sample_id": jobs[1].id,
-                "dataset_id": dataset.id, "sweep_id": sweep.id, "index": "0"}
+                "dataset_id": dataset.id, "sweep_id": sweep.id, "endpoint_id": endpoint.id, "index": "0"}

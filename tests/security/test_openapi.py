@@ -108,7 +108,9 @@ def test_the_problem_schema_is_what_the_api_sends(client, document):
 
 
 def test_the_regularizer_shortcut_is_declared_and_accepted(client, document):
-    field = document["components"]["schemas"]["RunSpec"]["properties"]["regularizer"]
+    body = document["paths"]["/v1/runs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert body == "#/components/schemas/RunCreate"  # a RunSpec with the run's metadata and webhook
+    field = document["components"]["schemas"]["RunCreate"]["properties"]["regularizer"]
     term = {"$ref": "#/components/schemas/RegularizerTerm"}
     assert field["anyOf"] == [{"type": "string"}, term, {"type": "array", "items": term}]
     for shortcut in ("tv", {"name": "tv"}, [{"name": "tv", "weight": 2}]):

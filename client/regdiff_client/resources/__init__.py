@@ -3,5 +3,7 @@ from .datasets import Datasets
 from .runs import AsyncRuns, Runs
 from .samples import AsyncSamples, Samples
 from .sweeps import AsyncSweeps, Sweeps
+from .webhooks import AsyncWebhookEndpoints, WebhookEndpoints
 
-__all__ = ["AsyncRuns", "AsyncSamples", "AsyncSweeps", "Checkpoints", "Datasets", "Runs", "Samples", "Sweeps"]
+__all__ = ["AsyncRuns", "AsyncSamples", "AsyncSweeps", "AsyncWebhookEndpoints", "Checkpoints", "Datasets", "Runs",
+           "Samples", "Sweeps", "WebhookEndpoints"]

@@ -153,8 +153,30 @@ def _poll_events(run_id: str, after: str | int | None) -> Plan[None]:
         delay = min(delay * 1.5, POLL_MAX)
 
 
-def _list(status: str | None, sweep_id: str | None, limit: int | None) -> Plan[None]:
-    return paginate("/v1/runs", Run.from_json, status=status, sweep_id=sweep_id, limit=limit)
+def metadata_params(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """`{"exp": "a"}` -> `{"metadata[exp]": "a"}`: the list filter's query parameters."""
+    return {f"metadata[{key}]": value for key, value in (metadata or {}).items()}
+
+
+def _list(status: str | None, sweep_id: str | None, limit: int | None,
+          metadata: Mapping[str, str] | None) -> Plan[None]:
+    return paginate("/v1/runs", Run.from_json, status=status, sweep_id=sweep_id, limit=limit,
+                    **metadata_params(metadata))
+
+
+def _create(spec: Mapping[str, Any] | None, fields: Mapping[str, Any], idempotency_key: str | None,
+            metadata: Mapping[str, str] | None, webhook: Mapping[str, Any] | None) -> Plan[Run]:
+    body = build_spec(spec, fields)
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+    if webhook is not None:
+        body["webhook"] = dict(webhook)
+    return create("/v1/runs", Run.from_json, idempotency_key=idempotency_key, json=body)
+
+
+def _update(run_id: str, metadata: Mapping[str, str | None] | None) -> Plan[Run]:
+    body = {} if metadata is None else {"metadata": dict(metadata)}
+    return Run.from_json((yield Call("PATCH", _run_path(run_id), json=body)))
 
 
 def _wait(run_id: str, timeout: float | None, raise_on_failure: bool, bar: RunProgress) -> Plan[Run]:
@@ -177,21 +199,30 @@ class Runs(SyncResource):
         *,
         spec: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        webhook: Mapping[str, Any] | None = None,
         **fields: Unpack[RunFields],
     ) -> Run:
-        """Submit a run: a whole `spec` dict, keyword fields, or both (keywords win)."""
-        return self._runner.run(
-            create("/v1/runs", Run.from_json, idempotency_key=idempotency_key, json=build_spec(spec, fields))
-        )
+        """Submit a run: a whole `spec` dict, keyword fields, or both (keywords win).
+
+        `metadata`: your own string pairs (at most 16). `webhook`: `{"url": ..., "events": [...]}`,
+        this run's own endpoint; the returned run's `.webhook["secret"]` is shown this once."""
+        return self._runner.run(_create(spec, fields, idempotency_key, metadata, webhook))
 
     def list(
-        self, *, status: str | None = None, sweep_id: str | None = None, limit: int | None = None
+        self, *, status: str | None = None, sweep_id: str | None = None, limit: int | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Iterator[Run]:
-        """Every run, newest first, fetching pages of `limit` as the iteration goes."""
-        return self._runner.iterate(_list(status, sweep_id, limit))
+        """Every run, newest first, fetching pages of `limit` as the iteration goes; `metadata`:
+        only runs with all of these pairs."""
+        return self._runner.iterate(_list(status, sweep_id, limit, metadata))
 
     def get(self, run_id: str) -> Run:
         return self._runner.run(fetch(_run_path(run_id), Run.from_json))
+
+    def update(self, run_id: str, *, metadata: Mapping[str, str | None] | None = None) -> Run:
+        """Change the run's metadata as a merge patch: a key set to None is removed, others are set."""
+        return self._runner.run(_update(run_id, metadata))
 
     def cancel(self, run_id: str) -> Run:
         return self._runner.run(_cancel(run_id))
@@ -242,19 +273,23 @@ class AsyncRuns(AsyncResource):
         *,
         spec: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        webhook: Mapping[str, Any] | None = None,
         **fields: Unpack[RunFields],
     ) -> Run:
-        return await self._runner.run(
-            create("/v1/runs", Run.from_json, idempotency_key=idempotency_key, json=build_spec(spec, fields))
-        )
+        return await self._runner.run(_create(spec, fields, idempotency_key, metadata, webhook))
 
     def list(
-        self, *, status: str | None = None, sweep_id: str | None = None, limit: int | None = None
+        self, *, status: str | None = None, sweep_id: str | None = None, limit: int | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> AsyncIterator[Run]:
-        return self._runner.iterate(_list(status, sweep_id, limit))
+        return self._runner.iterate(_list(status, sweep_id, limit, metadata))
 
     async def get(self, run_id: str) -> Run:
         return await self._runner.run(fetch(_run_path(run_id), Run.from_json))
+
+    async def update(self, run_id: str, *, metadata: Mapping[str, str | None] | None = None) -> Run:
+        return await self._runner.run(_update(run_id, metadata))
 
     async def cancel(self, run_id: str) -> Run:
         return await self._runner.run(_cancel(run_id))

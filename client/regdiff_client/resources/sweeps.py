@@ -11,12 +11,14 @@ from ._base import AsyncResource, SyncResource
 
 
 def _create(base: Mapping[str, Any], vary: Mapping[str, Sequence[Any]], seeds: Sequence[int] | None,
-            max_fcd_increase: float | None) -> Plan[Sweep]:
+            max_fcd_increase: float | None, metadata: Mapping[str, str] | None) -> Plan[Sweep]:
     body: dict[str, Any] = {"base": dict(base), "vary": {k: list(v) for k, v in vary.items()}}
     if seeds is not None:
         body["seeds"] = list(seeds)
     if max_fcd_increase is not None:
         body["max_fcd_increase"] = max_fcd_increase
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
     return create("/v1/sweeps", Sweep.from_json, json=body)
 
 
@@ -26,10 +28,12 @@ def _report(sweep_id: str) -> Plan[dict[str, Any]]:
 
 class Sweeps(SyncResource):
     def create(self, *, base: Mapping[str, Any], vary: Mapping[str, Sequence[Any]],
-               seeds: Sequence[int] | None = None, max_fcd_increase: float | None = None) -> Sweep:
+               seeds: Sequence[int] | None = None, max_fcd_increase: float | None = None,
+               metadata: Mapping[str, str] | None = None) -> Sweep:
         """e.g. `vary={"lambda": [0, 0.1, 1]}` makes three runs of `base`; `seeds=[0, 1]` trains each
-        point once per seed (and the lambda=0 baseline is added per seed when `vary` lacks it)."""
-        return self._runner.run(_create(base, vary, seeds, max_fcd_increase))
+        point once per seed (and the lambda=0 baseline is added per seed when `vary` lacks it).
+        `metadata` goes on the sweep and on each of its runs."""
+        return self._runner.run(_create(base, vary, seeds, max_fcd_increase, metadata))
 
     def get(self, sweep_id: str) -> Sweep:
         return self._runner.run(fetch(f"/v1/sweeps/{sweep_id}", Sweep.from_json))
@@ -45,8 +49,9 @@ class Sweeps(SyncResource):
 
 class AsyncSweeps(AsyncResource):
     async def create(self, *, base: Mapping[str, Any], vary: Mapping[str, Sequence[Any]],
-                     seeds: Sequence[int] | None = None, max_fcd_increase: float | None = None) -> Sweep:
-        return await self._runner.run(_create(base, vary, seeds, max_fcd_increase))
+                     seeds: Sequence[int] | None = None, max_fcd_increase: float | None = None,
+                     metadata: Mapping[str, str] | None = None) -> Sweep:
+        return await self._runner.run(_create(base, vary, seeds, max_fcd_increase, metadata))
 
     async def get(self, sweep_id: str) -> Sweep:
         return await self._runner.run(fetch(f"/v1/sweeps/{sweep_id}", Sweep.from_json))
