@@ -208,6 +208,11 @@ def fetch(path: str, build: Callable[[Any], T] | None = None, **params: Any) -> 
     return build(body) if build else body
 
 
+def remove(path: str) -> Plan[None]:
+    """DELETE a resource: the server answers 204, or a problem (404, 409) that the runner raises."""
+    yield Call("DELETE", path)
+
+
 def fetch_bytes(path: str) -> Plan[bytes]:
     return (yield Call("GET", path, binary=True))
 

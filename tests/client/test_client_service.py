@@ -7,6 +7,7 @@ import json
 import uuid
 
 import httpx
+import numpy as np
 import pytest
 import regdiff_client as rd
 from PIL import Image
@@ -107,6 +108,26 @@ def test_idempotent_create_then_cancel_and_delete(sdk):
     sdk.runs.delete(first.id)
     with pytest.raises(rd.NotFoundError):
         sdk.runs.get(first.id)
+
+
+def test_delete_samples_sweeps_and_datasets(trained, sdk):
+    job = sdk.samples.wait(sdk.samples.create(trained.id, n=2, steps=2, seed=3).id, timeout=TIMEOUT)
+    sdk.samples.delete(job.id)
+    with pytest.raises(rd.NotFoundError):
+        sdk.samples.get(job.id)
+
+    sweep = sdk.sweeps.create(base={**TINY, "train": {"steps": 100_000, "batch_size": 16}}, vary={"lambda": [0, 0.1]})
+    sdk.sweeps.delete(sweep.id)
+    with pytest.raises(rd.NotFoundError):
+        sdk.sweeps.get(sweep.id)
+    with pytest.raises(rd.NotFoundError):  # its runs went with it
+        sdk.runs.get(sweep.runs[0]["id"])
+
+    images = np.random.default_rng(0).integers(0, 256, size=(16, 8, 8), dtype=np.uint8)
+    dataset = sdk.datasets.upload(images, name="deleted-by-sdk")
+    sdk.datasets.delete(dataset.id)
+    with pytest.raises(rd.NotFoundError):
+        sdk.datasets.get(dataset.id)
 
 
 def test_cli_exit_codes_and_json(trained, service):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._images import array_to_npz
-from .._plan import Plan, create, fetch, paginate
+from .._plan import Plan, create, fetch, paginate, remove
 from ..types import Dataset
 from ._base import SyncResource
 
@@ -32,3 +32,7 @@ class Datasets(SyncResource):
 
     def get(self, dataset_id: str) -> Dataset:
         return self._runner.run(fetch(f"/v1/datasets/{dataset_id}", Dataset.from_json))
+
+    def delete(self, dataset_id: str) -> None:
+        """Removes an upload; a ConflictError names the queued or running runs that still use it."""
+        self._runner.run(remove(f"/v1/datasets/{dataset_id}"))

@@ -23,6 +23,7 @@ from .._plan import (
     fetch_bytes,
     paginate,
     poll,
+    remove,
 )
 from .._progress import RunProgress
 from .._sse import Decoder, Message
@@ -69,10 +70,6 @@ def _run_path(run_id: str, suffix: str = "") -> str:
 def _cancel(run_id: str) -> Plan[Run]:
     body = yield Call("POST", _run_path(run_id, "/cancel"))
     return Run.from_json(body) if body else (yield from fetch(_run_path(run_id), Run.from_json))
-
-
-def _delete(run_id: str) -> Plan[None]:
-    yield Call("DELETE", _run_path(run_id))
 
 
 def _metrics(run_id: str) -> Plan[Series]:
@@ -228,7 +225,7 @@ class Runs(SyncResource):
         return self._runner.run(_cancel(run_id))
 
     def delete(self, run_id: str) -> None:
-        self._runner.run(_delete(run_id))
+        self._runner.run(remove(_run_path(run_id)))
 
     def wait(
         self,
@@ -295,7 +292,7 @@ class AsyncRuns(AsyncResource):
         return await self._runner.run(_cancel(run_id))
 
     async def delete(self, run_id: str) -> None:
-        await self._runner.run(_delete(run_id))
+        await self._runner.run(remove(_run_path(run_id)))
 
     async def wait(
         self,

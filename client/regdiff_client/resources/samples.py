@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .._images import array_to_images, npz_to_array
-from .._plan import Plan, create, download, fetch, fetch_bytes, poll
+from .._plan import Plan, create, download, fetch, fetch_bytes, poll, remove
 from ..types import SampleJob
 from ._base import AsyncResource, SyncResource
 
@@ -42,6 +42,10 @@ class Samples(SyncResource):
 
     def get(self, sample_id: str) -> SampleJob:
         return self._runner.run(fetch(_path(sample_id), SampleJob.from_json))
+
+    def delete(self, sample_id: str) -> None:
+        """Removes an on-demand job and its images (a run's preview goes with its run: ConflictError)."""
+        self._runner.run(remove(_path(sample_id)))
 
     def wait(
         self, sample_id: str, *, timeout: float | None = None, raise_on_failure: bool = True
@@ -83,6 +87,9 @@ class AsyncSamples(AsyncResource):
 
     async def get(self, sample_id: str) -> SampleJob:
         return await self._runner.run(fetch(_path(sample_id), SampleJob.from_json))
+
+    async def delete(self, sample_id: str) -> None:
+        await self._runner.run(remove(_path(sample_id)))
 
     async def wait(
         self, sample_id: str, *, timeout: float | None = None, raise_on_failure: bool = True

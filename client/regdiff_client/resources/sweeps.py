@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._plan import Plan, create, fetch, fetch_bytes
+from .._plan import Plan, create, fetch, fetch_bytes, remove
 from ..types import Sweep
 from ._base import AsyncResource, SyncResource
 
@@ -46,6 +46,10 @@ class Sweeps(SyncResource):
     def report_png(self, sweep_id: str) -> bytes:
         return self._runner.run(fetch_bytes(f"/v1/sweeps/{sweep_id}/report.png"))
 
+    def delete(self, sweep_id: str) -> None:
+        """Removes the sweep with all its runs, whatever their status (running ones stop)."""
+        self._runner.run(remove(f"/v1/sweeps/{sweep_id}"))
+
 
 class AsyncSweeps(AsyncResource):
     async def create(self, *, base: Mapping[str, Any], vary: Mapping[str, Sequence[Any]],
@@ -61,3 +65,6 @@ class AsyncSweeps(AsyncResource):
 
     async def report_png(self, sweep_id: str) -> bytes:
         return await self._runner.run(fetch_bytes(f"/v1/sweeps/{sweep_id}/report.png"))
+
+    async def delete(self, sweep_id: str) -> None:
+        await self._runner.run(remove(f"/v1/sweeps/{sweep_id}"))

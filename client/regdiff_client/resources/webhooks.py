@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from .._plan import Call, Plan, create, fetch, paginate
+from .._plan import Plan, create, fetch, paginate, remove
 from ..types import WebhookDelivery, WebhookEndpoint
 from ._base import AsyncResource, SyncResource
 
@@ -23,10 +23,6 @@ def _create(url: str, events: Sequence[str] | None, description: str | None) -> 
     if description is not None:
         body["description"] = description
     return create(PATH, WebhookEndpoint.from_json, json=body)
-
-
-def _delete(endpoint_id: str) -> Plan[None]:
-    yield Call("DELETE", f"{PATH}/{endpoint_id}")
 
 
 class WebhookEndpoints(SyncResource):
@@ -43,7 +39,7 @@ class WebhookEndpoints(SyncResource):
         return self._runner.run(fetch(f"{PATH}/{endpoint_id}", WebhookEndpoint.from_json))
 
     def delete(self, endpoint_id: str) -> None:
-        self._runner.run(_delete(endpoint_id))
+        self._runner.run(remove(f"{PATH}/{endpoint_id}"))
 
     def deliveries(self, endpoint_id: str, *, limit: int | None = None) -> Iterator[WebhookDelivery]:
         """Newest first: each event sent (or being sent) there, its tries and the last answer."""
@@ -63,7 +59,7 @@ class AsyncWebhookEndpoints(AsyncResource):
         return await self._runner.run(fetch(f"{PATH}/{endpoint_id}", WebhookEndpoint.from_json))
 
     async def delete(self, endpoint_id: str) -> None:
-        await self._runner.run(_delete(endpoint_id))
+        await self._runner.run(remove(f"{PATH}/{endpoint_id}"))
 
     def deliveries(self, endpoint_id: str, *, limit: int | None = None) -> AsyncIterator[WebhookDelivery]:
         return self._runner.iterate(paginate(f"{PATH}/{endpoint_id}/deliveries", WebhookDelivery.from_json,
