@@ -107,10 +107,10 @@ def _train(run_id: str, *, lease: leases.Lease, beat: Heartbeat) -> None:
             return
         _stopped(run_id, lease, beat.stop_reason, result.steps_done, limit)
         return
-    progress.flush(result.steps_done, result.metrics)
+    progress.final(result.steps_done, result.metrics)
     images = sample_from_state(result.state, n=spec.preview.n, sampler=spec.preview.sampler,
                                steps=spec.preview.steps, eta=0.0, seed=spec.preview.seed, device=device)
-    scores = evaluate_final(run_id, spec, result.state, data, device=device)  # None when off
+    scores = evaluate_final(run_id, spec, result.state, data, device=device, lease=lease)  # None when off
 
     def succeed(session) -> None:
         ckpt_id = runs.save_checkpoint(session=session, run_id=run_id, step=result.steps_done,
@@ -201,6 +201,15 @@ class _ProgressWriter:
 
     def __init__(self, run_id: str, lease: leases.Lease, interval: float, pace: TrainingPace):
         self.run_id, self.lease, self.interval, self.pace, self._last = run_id, lease, interval, pace, 0.0
+        self.written: int | None = None  # the step of this claim's latest write
+
+    def final(self, step: int, metrics: dict[str, float]) -> None:
+        """The end of training: the last step, unless its log write already recorded it (a second
+        write repeated the step in the metric series) or this claim trained no step (a run given
+        back at its last step and resumed there: `metrics` is empty, and writing it would wipe the
+        run's metrics)."""
+        if metrics and step != self.written:
+            self.flush(step, metrics)
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         if time.monotonic() - self._last >= self.interval:
@@ -211,3 +220,4 @@ class _ProgressWriter:
         self.pace.observe(step)
         _write(self.run_id, f"progress at step {step}", lambda session: runs.record_progress(
             session=session, run_id=self.run_id, step=step, metrics=metrics, lease=self.lease))
+        self.written = step
