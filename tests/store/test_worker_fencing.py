@@ -1,0 +1,60 @@
+"""The worker's own writes against a real database (SQLite, PostgreSQL): what it writes at the end
+of training, and that every write of a run, the evaluation's included, is fenced by its lease."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sqlalchemy import func, select, update
+
+from models.spec import RunSpec
+from store import db, leases, runs
+from store.leases import Lease, LeaseLost
+from store.tables import Run, RunEvent
+from tests.conftest import TINY_RUN
+from tests.store.test_reconciler import backend  # noqa: F401  (the fixture: a migrated database per backend)
+from worker.evaluation import evaluate_final
+from worker.metrics import TrainingPace
+from worker.training import _ProgressWriter
+
+
+def _claimed(owner: str = "a") -> tuple[str, Lease]:
+    with db.session_scope() as session:
+        run, _ = runs.create_run(session=session, tenant="t", spec=TINY_RUN)
+        claim = runs.claim_run(session=session, run_id=run.id, owner=owner, lease_seconds=60)
+    return run.id, Lease(owner, claim.epoch)
+
+
+def _metrics_events(run_id: str) -> list[dict]:
+    with db.session_scope() as session:
+        return list(session.scalars(select(RunEvent.data).where(RunEvent.run_id == run_id,
+                                                                RunEvent.type == "metrics").order_by(RunEvent.id)))
+
+
+def test_the_last_step_is_written_once_and_a_resume_at_it_keeps_the_metrics(backend):  # noqa: F811
+    run_id, lease = _claimed()
+    writer = _ProgressWriter(run_id, lease, 0.0, TrainingPace(8))
+    writer(12, {"loss": 0.5})  # the log write of the last step (no throttle)
+    writer.final(12, {"loss": 0.5})  # the end of training used to write it a second time
+    assert _metrics_events(run_id) == [{"step": 12, "loss": 0.5}]
+
+    # Given back at its last step, resumed there: the new claim trains no step, its metrics are {}.
+    resumed = _ProgressWriter(run_id, lease, 0.0, TrainingPace(8))
+    resumed.final(12, {})
+    assert _metrics_events(run_id) == [{"step": 12, "loss": 0.5}]
+    with db.session_scope() as session:
+        assert session.get(Run, run_id).metrics == {"loss": 0.5}
+
+
+def test_evaluation_events_of_a_stale_owner_are_refused(backend):  # noqa: F811
+    run_id, stale = _claimed("a")
+    with db.session_scope() as session:  # a froze past its lease; b took the run over
+        session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=leases.db_time(-1.0)))
+        assert runs.claim_run(session=session, run_id=run_id, owner="b", lease_seconds=60).won
+    spec = RunSpec.model_validate({**TINY_RUN, "evaluation": {"n_samples": 2, "steps": 1}})
+    # a wakes up and evaluates (here it fails: no real state), then reports: refused either way.
+    with pytest.raises(LeaseLost):
+        evaluate_final(run_id, spec, b"not a checkpoint", None, device=torch.device("cpu"), lease=stale)
+    with db.session_scope() as session:
+        assert session.scalar(select(func.count()).where(RunEvent.run_id == run_id,
+                                                         RunEvent.type == "evaluation")) == 0
