@@ -1,7 +1,10 @@
 """The worker's own writes against a real database (SQLite, PostgreSQL): what it writes at the end
-of training, and that every write of a run, the evaluation's included, is fenced by its lease."""
+of training, that every write of a run (the evaluation's included) is fenced by its lease, and that
+lease expiry goes by the database's clock."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ from sqlalchemy import func, select, update
 from models.spec import RunSpec
 from store import db, leases, runs
 from store.leases import Lease, LeaseLost
-from store.tables import Run, RunEvent
+from store.tables import Run, RunEvent, utcnow
 from tests.conftest import TINY_RUN
 from tests.store.test_reconciler import backend  # noqa: F401  (the fixture: a migrated database per backend)
 from worker.evaluation import evaluate_final
@@ -58,3 +61,15 @@ def test_evaluation_events_of_a_stale_owner_are_refused(backend):  # noqa: F811
     with db.session_scope() as session:
         assert session.scalar(select(func.count()).where(RunEvent.run_id == run_id,
                                                          RunEvent.type == "evaluation")) == 0
+
+
+def test_a_fast_worker_clock_does_not_cancel_a_run_still_being_stopped(backend, monkeypatch):  # noqa: F811
+    run_id, _ = _claimed()
+    with db.session_scope() as session:
+        runs.request_cancel(session=session, run=session.get(Run, run_id))  # its worker stops it at the next step
+    fast = utcnow() + timedelta(minutes=5)  # the reconciling worker's clock runs 5 min ahead
+    monkeypatch.setattr(runs, "utcnow", lambda: fast)
+    with db.session_scope() as session:
+        assert runs.cancel_abandoned(session=session) == []
+        session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=leases.db_time(-1.0)))
+        assert runs.cancel_abandoned(session=session) == [run_id]  # its worker did die
