@@ -133,12 +133,12 @@ def _load(run_id: str):
                 init_weights)
 
 
-def _write(run_id: str, what: str, write) -> None:
-    """`write(session)` in one transaction, retried through a database blip (worker/retry.py)."""
-    def once() -> None:
+def _write(run_id: str, what: str, write):
+    """`write(session)` in one transaction, retried through a database blip (worker/retry.py); its result."""
+    def once():
         with session_scope() as session:
-            write(session)
-    retrying(once, f"run {run_id}: {what}")
+            return write(session)
+    return retrying(once, f"run {run_id}: {what}")
 
 
 def _init_weights(session, tenant: str, checkpoint_id: str | None) -> bytes | None:
@@ -185,10 +185,13 @@ def _fail(run_id: str, lease: leases.Lease, error: errors.UserError) -> None:
 def _give_back(run_id: str, lease: leases.Lease, reason: str) -> None:
     """Back to the queue without spending an attempt, then a wake-up for the next worker."""
     try:
-        _write(run_id, "give back", lambda session: runs.give_back(session=session, run_id=run_id, lease=lease,
-                                                                   reason=reason))
+        given = _write(run_id, "give back", lambda session: runs.give_back(session=session, run_id=run_id,
+                                                                           lease=lease, reason=reason))
     except DatabaseUnavailable:  # the lease expires and the reconciler queues the run again
         log.exception("run %s: could not give the run back", run_id)
+        return
+    if not given:  # another claim owns the run (it has its message), or it was cancelled: send nothing
+        log.warning("run %s: lease epoch %d lost before the give-back; not re-enqueued", run_id, lease.epoch)
         return
     try:
         enqueue_train(run_id)

@@ -16,9 +16,10 @@ from store.leases import Lease, LeaseLost
 from store.tables import Run, RunEvent, utcnow
 from tests.conftest import TINY_RUN
 from tests.store.test_reconciler import backend  # noqa: F401  (the fixture: a migrated database per backend)
+from worker.celery_app import waiting_messages
 from worker.evaluation import evaluate_final
 from worker.metrics import TrainingPace
-from worker.training import _ProgressWriter
+from worker.training import _give_back, _ProgressWriter
 
 
 def _claimed(owner: str = "a") -> tuple[str, Lease]:
@@ -73,3 +74,15 @@ def test_a_fast_worker_clock_does_not_cancel_a_run_still_being_stopped(backend, 
         assert runs.cancel_abandoned(session=session) == []
         session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=leases.db_time(-1.0)))
         assert runs.cancel_abandoned(session=session) == [run_id]  # its worker did die
+
+
+def test_a_give_back_after_the_lease_was_lost_sends_no_message(backend):  # noqa: F811
+    run_id, stale = _claimed("a")
+    with db.session_scope() as session:  # a froze past its lease; b took the run over
+        session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=leases.db_time(-1.0)))
+        live = runs.claim_run(session=session, run_id=run_id, owner="b", lease_seconds=60)
+    _give_back(run_id, stale, "its worker was shutting down")  # a wakes into a warm shutdown
+    with db.session_scope() as session:
+        run = session.get(Run, run_id)
+        assert (run.status, run.lease_owner, run.lease_epoch) == ("running", "b", live.epoch)
+    assert waiting_messages() == 0  # b holds the run: a wake-up would only be a message to drop
