@@ -190,7 +190,7 @@ def _give_back(run_id: str, lease: leases.Lease, reason: str) -> None:
     except DatabaseUnavailable:  # the lease expires and the reconciler queues the run again
         log.exception("run %s: could not give the run back", run_id)
         return
-    if not given:  # another claim owns the run (it has its message), or it was cancelled: send nothing
+    if not given:  # another claim owns the run (and has its message), or the run ended or is gone
         log.warning("run %s: lease epoch %d lost before the give-back; not re-enqueued", run_id, lease.epoch)
         return
     try:
