@@ -4,6 +4,11 @@ worker, a PostgreSQL restart and a Redis restart. Then it waits for every run to
 prints runs lost, duplicated, trained by two workers at once, stale writes accepted, runs
 failed by infrastructure, attempts spent and the broker's message count.
 
+Every figure is read from what the database accepted, never from what the workers computed: a
+worker frozen past its lease keeps computing when it wakes, and fencing cannot (and need not)
+stop that; what it must stop is that computation's writes. So "trained by two workers at once"
+is a run where writes of two owners were both accepted, see `stale_metric_writes`.
+
     python bench/chaos.py --duration 180 --runs 24 --seed 0
 
 PostgreSQL and Redis are private instances on free ports in a temporary folder (initdb and
@@ -113,10 +118,14 @@ class PrivateRedis:
                 self.proc.kill()
                 self.proc.wait()
 
-    def messages(self) -> int:
-        """Messages waiting in the queue plus those delivered and not yet acknowledged."""
+    def messages(self) -> tuple[int, int]:
+        """(messages waiting in both queues, messages delivered and not acknowledged).
+
+        The second are the messages a SIGKILLed worker held: Redis gives them back only after the
+        visibility timeout (12 h), and by then their runs have ended, so their claims are refused and
+        they are dropped. They are no flood; the waiting ones would be."""
         client = redis.Redis.from_url(self.url)
-        return client.llen(QUEUE) + client.hlen("unacked")
+        return client.llen(QUEUE) + client.llen(f"{QUEUE}-samples"), client.hlen("unacked")
 
 
 class Chaos:
@@ -165,32 +174,62 @@ class Chaos:
             worker.wait()
 
 
-def _get(client: httpx.Client, path: str) -> dict | None:
-    """The api may answer 5xx or not at all while PostgreSQL restarts: None, try again later."""
+def progress(engine, ids: list[str]) -> tuple[int, tuple]:
+    """(runs not ended yet, a fingerprint that changes whenever any run moves: status, step, attempts)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(Run.id, Run.status, Run.step, Run.attempts).where(Run.id.in_(ids))).all()
+    return sum(r.status not in TERMINAL for r in rows), tuple(sorted(tuple(r) for r in rows))
+
+
+def wait_all(url: str, ids: list[str], timeout: float, stall: float) -> str:
+    """Wait until every run ended; returns "ended", "stalled" or "timeout".
+
+    A run that is not done when the wait ends is not necessarily lost: on a loaded 2-core machine
+    the workers may still be training it. So the wait is for as long as anything moves (up to
+    `timeout`), and only a fleet where nothing moved for `stall` seconds makes the remaining runs
+    "lost" (nobody will ever finish them). A wait cut short while runs still moved reports them
+    as unfinished: the bench was too impatient for the machine (more --timeout, fewer --steps)."""
+    engine = create_engine(url, pool_pre_ping=True)
+    deadline, moved, last = time.monotonic() + timeout, time.monotonic(), None
     try:
-        response = client.get(path)
-    except httpx.HTTPError:
-        return None
-    return response.json() if response.status_code == 200 else None
+        while True:
+            try:
+                pending, fingerprint = progress(engine, ids)
+            except Exception:  # the database is still coming back from the last restart
+                pending, fingerprint = len(ids), last
+            if pending == 0:
+                return "ended"
+            if fingerprint != last:
+                moved, last = time.monotonic(), fingerprint
+            if time.monotonic() - moved > stall:
+                return "stalled"
+            if time.monotonic() > deadline:
+                return "timeout"
+            time.sleep(2)
+    finally:
+        engine.dispose()
 
 
-def wait_all(client: httpx.Client, ids: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    pending = set(ids)
-    while pending and time.monotonic() < deadline:
-        for run_id in list(pending):
-            run = _get(client, f"/v1/runs/{run_id}")
-            if run is not None and run["status"] in TERMINAL:
-                pending.discard(run_id)
-        time.sleep(1)
+def is_claim(event: RunEvent) -> bool:
+    return event.type == "status" and (event.data or {}).get("status") == "running"
 
 
-def backwards_steps(events: list[RunEvent]) -> int:
-    """Metric steps that go backwards without a claim or resume in between: two writers."""
-    count, last = 0, -1
+def stale_metric_writes(events: list[RunEvent]) -> int:
+    """Metric writes that the run's owner of the moment could not have made: a stale writer's.
+
+    Every claim writes a "running" status event in its own transaction, naming the checkpoint step
+    it resumes from (`resume_step`); a fenced write locks the run's row, so each write an owner made
+    lies between its claim's event and the next claim's. Within one claim the metric steps rise
+    strictly from past `resume_step`. A resumed run re-trains the steps after its last checkpoint
+    and writes their metrics again: that is correct (the new owner's writes, after its claim) and
+    counts nothing here. (The first version of this bench also counted, as "backward steps", the
+    same final step written twice by one owner, the worker's end-of-training flush, and reset at
+    the "resumed" event, which would hide a stale write between a claim and its resume.) A step at
+    or below the previous one within a claim is one the owner did not write: a stale worker's."""
+    count, last = 0, 0
     for event in events:
-        if event.type == "resumed" or (event.type == "status" and (event.data or {}).get("status") == "running"):
-            last = -1
+        if is_claim(event):
+            last = (event.data or {}).get("resume_step", 0)
         elif event.type == "metrics":
             step = event.data["step"]
             count += step <= last
@@ -198,30 +237,41 @@ def backwards_steps(events: list[RunEvent]) -> int:
     return count
 
 
-def measure(url: str, ids: list[str], replayed: list[str]) -> dict:
+def writes_after_end(events: list[RunEvent]) -> int:
+    """Events after the run's first terminal status: nobody holds an ended run, so any is stale."""
+    ends = [i for i, e in enumerate(events) if e.type == "status" and (e.data or {}).get("status") in TERMINAL]
+    return len(events) - ends[0] - 1 if ends else 0
+
+
+def measure(url: str, ids: list[str], replayed: list[str], waited: str) -> dict:
     engine = create_engine(url)
     with engine.connect() as conn:
         runs = {r.id: r for r in conn.execute(select(Run))}
-        backwards, extra_terminal, extra_final = {}, 0, 0
+        stale, after_end, extra_final, tails = {}, 0, 0, {}
         for run_id in ids:
             events = list(conn.execute(select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id)))
-            backwards[run_id] = backwards_steps(events)
-            ends = sum(1 for e in events if e.type == "status" and (e.data or {}).get("status") in TERMINAL)
-            extra_terminal += max(0, ends - 1)
+            stale[run_id] = stale_metric_writes(events)
+            after_end += writes_after_end(events)
             finals = conn.execute(select(Checkpoint.id).where(Checkpoint.run_id == run_id,
                                                               Checkpoint.is_final.is_(True))).all()
             extra_final += max(0, len(finals) - 1)
+            tails[run_id] = [f"{e.type}:{e.message[:60]}" for e in events[-3:]]
     engine.dispose()
     mine = [runs.get(i) for i in ids]
+    unended = [i for i, r in zip(ids, mine) if r is not None and r.status not in TERMINAL]
     return {
-        "lost": [i for i, r in zip(ids, mine) if r is None or r.status not in TERMINAL
-                 or (r.status == "succeeded" and r.step != r.total_steps)],
+        # Missing, ended short of its steps, or not ended while the whole fleet stood still.
+        "lost": [i for i, r in zip(ids, mine) if r is None or (r.status == "succeeded" and r.step != r.total_steps)]
+                + (unended if waited == "stalled" else []),
+        "unfinished": {i: f"{runs[i].status} {runs[i].step}/{runs[i].total_steps} attempts {runs[i].attempts}"
+                       f" {tails[i]}" for i in unended},
         "duplicated": len(runs) - len(set(ids)) + sum(a != b for a, b in zip(ids, replayed)),
-        "two_at_once": [i for i, n in backwards.items() if n],
-        "stale_writes": sum(backwards.values()) + extra_terminal + extra_final,
-        "stale_detail": f"{sum(backwards.values())} backward metric steps, {extra_terminal} extra final statuses,"
-                        f" {extra_final} extra final checkpoints",
-        "failed": {r.id: (r.error or "")[:100] for r in mine if r is not None and r.status == "failed"},
+        "two_at_once": [i for i, n in stale.items() if n],
+        "stale_writes": sum(stale.values()) + after_end + extra_final,
+        "stale_detail": f"{sum(stale.values())} metric writes by a stale owner, {after_end} writes after the run"
+                        f" ended, {extra_final} extra final checkpoints",
+        "failed": {r.id: f"{(r.error or '')[:100]} {tails[r.id]}" for r in mine if r is not None
+                   and r.status == "failed"},
         "attempts": Counter(r.attempts for r in mine if r is not None),
     }
 
@@ -234,7 +284,11 @@ def main() -> int:
     parser.add_argument("--lease", type=float, default=float(FAST["REGDIFF_LEASE_SECONDS"]),
                         help="REGDIFF_LEASE_SECONDS; give a loaded machine slack (data loading precedes the heartbeat)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the runs to end after it")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="most seconds to wait for the runs to end after the faults, while they still move")
+    parser.add_argument("--stall", type=float, default=300,
+                        help="seconds without any run moving after which the unended runs count as lost")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (service and server logs)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM cleans up like Ctrl-C
     rng = random.Random(args.seed)
@@ -262,8 +316,10 @@ def main() -> int:
                 time.sleep(rng.uniform(2, 6))
                 chaos.inject(rng.choice(FAULTS))
             replayed = [p().json().get("id") for p in post]  # retried submissions make no new runs
-            wait_all(client, ids, args.timeout)
-        figures = measure(pg.url, ids, replayed)
+        faults_ended = time.monotonic()
+        waited = wait_all(pg.url, ids, args.timeout, args.stall)
+        waited_s = time.monotonic() - faults_ended
+        figures = measure(pg.url, ids, replayed, waited)
         messages = broker.messages()
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave servers behind
@@ -274,19 +330,26 @@ def main() -> int:
             service.stop()
         broker.stop()
         pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     print(f"chaos: {args.runs} runs of {args.steps} steps, 3 workers, lease {args.lease:g} s, "
           f"{args.duration:g} s of faults (seed {args.seed}), "
           f"wall {time.monotonic() - started:.0f} s")
     print(f"faults: {dict(chaos.done)}")
+    print(f"wait after the faults: {waited_s:.0f} s ({waited})")
     print(f"runs lost: {len(figures['lost'])} {figures['lost'] or ''}")
+    print(f"runs unfinished when the wait ended: {len(figures['unfinished'])} {figures['unfinished'] or ''}")
     print(f"runs duplicated: {figures['duplicated']}")
-    print(f"runs trained by two workers at once: {len(figures['two_at_once'])} {figures['two_at_once'] or ''}")
+    print(f"runs trained by two workers at once (writes of both accepted): {len(figures['two_at_once'])}"
+          f" {figures['two_at_once'] or ''}")
     print(f"stale writes accepted: {figures['stale_writes']} ({figures['stale_detail']})")
     print(f"runs failed by infrastructure: {len(figures['failed'])} {figures['failed'] or ''}")
     print(f"attempts spent (attempts: runs): {dict(sorted(figures['attempts'].items()))}")
-    print(f"broker messages left: {messages}")
-    bad = figures["lost"] or figures["duplicated"] or figures["two_at_once"] or figures["stale_writes"]
+    print(f"broker messages left: {messages[0]} waiting, {messages[1]} unacked (held by killed workers)")
+    bad = (figures["lost"] or figures["unfinished"] or figures["duplicated"] or figures["two_at_once"]
+           or figures["stale_writes"] or messages[0])
     return 1 if bad or figures["failed"] else 0
 
 

@@ -277,9 +277,11 @@ def ever_requeued(*, session: Session, run_ids: list[str]) -> set[str]:
 
 
 def cancel_abandoned(*, session: Session) -> list[str]:
-    """A run being cancelled whose worker died is cancelled: nobody will train it again."""
-    now = utcnow()
-    ids = list(session.scalars(select(Run.id).where(Run.status == "cancelling", Run.lease_expires_at < now)))
+    """A run being cancelled whose worker died is cancelled: nobody will train it again. Expiry by
+    the database's clock, as every lease (store/leases.py): a worker's fast clock must not cancel a
+    run whose worker is still stopping it (and writing its last checkpoint)."""
+    ids = list(session.scalars(select(Run.id).where(Run.status == "cancelling",
+                                                    Run.lease_expires_at < leases.db_now())))
     for run_id in ids:
         set_status(session=session, run_id=run_id, status="cancelled", expect=("cancelling",),
                    message="cancelled (worker lost)")

@@ -31,6 +31,7 @@ from models.spec import RunSpec
 from store import datasets as stored
 from store import runs
 from store.db import session_scope
+from store.leases import Lease
 from store.settings import get_settings
 from worker import errors
 
@@ -116,12 +117,14 @@ def n_samples(spec: RunSpec) -> int:
     return get_settings().eval_samples if n is None else n
 
 
-def evaluate_final(run_id: str, spec: RunSpec, state: bytes, data: ImageSet, *, device: torch.device
-                   ) -> dict[str, Any] | None:
+def evaluate_final(run_id: str, spec: RunSpec, state: bytes, data: ImageSet, *, device: torch.device,
+                   lease: Lease) -> dict[str, Any] | None:
     """The evaluation of a run's final state, or None when it is off (n_samples 0).
 
     An evaluation that fails does not fail the run (the model is fine; its report is not): the
-    run gets `{"error": ...}` and a warning event says why.
+    run gets `{"error": ...}` and a warning event says why. Its events are fenced by `lease` like
+    every write of the worker (LeaseLost when another claim owns the run now): a worker frozen
+    past its lease during the evaluation must not add them to the new owner's run.
     """
     n = n_samples(spec)
     if n <= 0:
@@ -147,7 +150,7 @@ def evaluate_final(run_id: str, spec: RunSpec, state: bytes, data: ImageSet, *, 
         error = errors.user_error(exc)
         with session_scope() as session:
             runs.add_event(session=session, run_id=run_id, type="evaluation", level="warning",
-                           message=f"evaluation failed: {error}")
+                           message=f"evaluation failed: {error}", lease=lease)
         return {"error": str(error), "code": error.code}
     result["sampler"] = {"name": "ddim", "steps": spec.evaluation.steps, "eta": 0.0, "seed": spec.evaluation.seed}
     result["classifier"] = classifier
@@ -155,7 +158,7 @@ def evaluate_final(run_id: str, spec: RunSpec, state: bytes, data: ImageSet, *, 
                          "scoring": round(t3 - t2, 3)}
     with session_scope() as session:
         runs.add_event(session=session, run_id=run_id, type="evaluation", message=summary(result),
-                       data={k: result.get(k) for k in ("fcd", "confidence", "penalty")})
+                       data={k: result.get(k) for k in ("fcd", "confidence", "penalty")}, lease=lease)
     return result
 
 

@@ -107,10 +107,10 @@ def _train(run_id: str, *, lease: leases.Lease, beat: Heartbeat) -> None:
             return
         _stopped(run_id, lease, beat.stop_reason, result.steps_done, limit)
         return
-    progress.flush(result.steps_done, result.metrics)
+    progress.final(result.steps_done, result.metrics)
     images = sample_from_state(result.state, n=spec.preview.n, sampler=spec.preview.sampler,
                                steps=spec.preview.steps, eta=0.0, seed=spec.preview.seed, device=device)
-    scores = evaluate_final(run_id, spec, result.state, data, device=device)  # None when off
+    scores = evaluate_final(run_id, spec, result.state, data, device=device, lease=lease)  # None when off
 
     def succeed(session) -> None:
         ckpt_id = runs.save_checkpoint(session=session, run_id=run_id, step=result.steps_done,
@@ -133,12 +133,12 @@ def _load(run_id: str):
                 init_weights)
 
 
-def _write(run_id: str, what: str, write) -> None:
-    """`write(session)` in one transaction, retried through a database blip (worker/retry.py)."""
-    def once() -> None:
+def _write(run_id: str, what: str, write):
+    """`write(session)` in one transaction, retried through a database blip (worker/retry.py); its result."""
+    def once():
         with session_scope() as session:
-            write(session)
-    retrying(once, f"run {run_id}: {what}")
+            return write(session)
+    return retrying(once, f"run {run_id}: {what}")
 
 
 def _init_weights(session, tenant: str, checkpoint_id: str | None) -> bytes | None:
@@ -185,10 +185,13 @@ def _fail(run_id: str, lease: leases.Lease, error: errors.UserError) -> None:
 def _give_back(run_id: str, lease: leases.Lease, reason: str) -> None:
     """Back to the queue without spending an attempt, then a wake-up for the next worker."""
     try:
-        _write(run_id, "give back", lambda session: runs.give_back(session=session, run_id=run_id, lease=lease,
-                                                                   reason=reason))
+        given = _write(run_id, "give back", lambda session: runs.give_back(session=session, run_id=run_id,
+                                                                           lease=lease, reason=reason))
     except DatabaseUnavailable:  # the lease expires and the reconciler queues the run again
         log.exception("run %s: could not give the run back", run_id)
+        return
+    if not given:  # another claim owns the run (and has its message), or the run ended or is gone
+        log.warning("run %s: lease epoch %d lost before the give-back; not re-enqueued", run_id, lease.epoch)
         return
     try:
         enqueue_train(run_id)
@@ -201,6 +204,15 @@ class _ProgressWriter:
 
     def __init__(self, run_id: str, lease: leases.Lease, interval: float, pace: TrainingPace):
         self.run_id, self.lease, self.interval, self.pace, self._last = run_id, lease, interval, pace, 0.0
+        self.written: int | None = None  # the step of this claim's latest write
+
+    def final(self, step: int, metrics: dict[str, float]) -> None:
+        """The end of training: the last step, unless its log write already recorded it (a second
+        write repeated the step in the metric series) or this claim trained no step (a run given
+        back at its last step and resumed there: `metrics` is empty, and writing it would wipe the
+        run's metrics)."""
+        if metrics and step != self.written:
+            self.flush(step, metrics)
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         if time.monotonic() - self._last >= self.interval:
@@ -211,3 +223,4 @@ class _ProgressWriter:
         self.pace.observe(step)
         _write(self.run_id, f"progress at step {step}", lambda session: runs.record_progress(
             session=session, run_id=self.run_id, step=step, metrics=metrics, lease=self.lease))
+        self.written = step

@@ -17,6 +17,21 @@ pytestmark = pytest.mark.service
 LONG = {**TINY_RUN, "train": {"steps": 100_000, "batch_size": 8, "log_every": 5}}
 
 
+def metric_steps_rise_within_each_claim(events: list[dict]) -> bool:
+    """Each claim's metric steps rise strictly from the checkpoint step it resumed from. A resume
+    re-trains the steps after its checkpoint and writes them again (the new owner's writes, correct);
+    a step written twice by one owner, or by a stale one, breaks the rise (bench/chaos.py counts it)."""
+    last = 0
+    for event in events:
+        if event["type"] == "status" and (event["data"] or {}).get("status") == "running":
+            last = event["data"]["resume_step"]
+        elif event["type"] == "metrics":
+            if event["data"]["step"] <= last:
+                return False
+            last = event["data"]["step"]
+    return True
+
+
 def test_killed_worker_resumes_from_its_checkpoint(service, client):
     spec = {**TINY_RUN, "train": {"steps": 240, "batch_size": 16, "log_every": 5}, "checkpoint_every": 40}
     run_id = client.post("/v1/runs", json=spec).json()["id"]
@@ -33,6 +48,7 @@ def test_killed_worker_resumes_from_its_checkpoint(service, client):
     events = client.get(f"/v1/runs/{run_id}/events", params={"limit": 1000}).json()["data"]
     resumed = [e for e in events if e["type"] == "resumed"]
     assert len(resumed) == 1 and resumed[0]["data"]["step"] % 40 == 0
+    assert metric_steps_rise_within_each_claim(events)
     assert sum(1 for r in client.get("/v1/runs", params={"limit": 100}).json()["data"] if r["id"] == run_id) == 1
 
 
@@ -51,6 +67,7 @@ def test_sigterm_gives_the_run_back_and_it_resumes_without_spending_an_attempt(s
     assert done["step"] == 12 and done["attempts"] == 1
     events = client.get(f"/v1/runs/{run_id}/events", params={"limit": 1000}).json()["data"]
     assert [e["data"]["step"] for e in events if e["type"] == "resumed"] == [saved[0]["step"]]
+    assert metric_steps_rise_within_each_claim(events)
 
 
 @pytest.mark.skipif(os.environ.get("REGDIFF_TEST_PG_RESTART") != "1",

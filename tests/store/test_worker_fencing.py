@@ -1,0 +1,88 @@
+"""The worker's own writes against a real database (SQLite, PostgreSQL): what it writes at the end
+of training, that every write of a run (the evaluation's included) is fenced by its lease, and that
+lease expiry goes by the database's clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import torch
+from sqlalchemy import func, select, update
+
+from models.spec import RunSpec
+from store import db, leases, runs
+from store.leases import Lease, LeaseLost
+from store.tables import Run, RunEvent, utcnow
+from tests.conftest import TINY_RUN
+from tests.store.test_reconciler import backend  # noqa: F401  (the fixture: a migrated database per backend)
+from worker.celery_app import waiting_messages
+from worker.evaluation import evaluate_final
+from worker.metrics import TrainingPace
+from worker.training import _give_back, _ProgressWriter
+
+
+def _claimed(owner: str = "a") -> tuple[str, Lease]:
+    with db.session_scope() as session:
+        run, _ = runs.create_run(session=session, tenant="t", spec=TINY_RUN)
+        claim = runs.claim_run(session=session, run_id=run.id, owner=owner, lease_seconds=60)
+    return run.id, Lease(owner, claim.epoch)
+
+
+def _metrics_events(run_id: str) -> list[dict]:
+    with db.session_scope() as session:
+        return list(session.scalars(select(RunEvent.data).where(RunEvent.run_id == run_id,
+                                                                RunEvent.type == "metrics").order_by(RunEvent.id)))
+
+
+def test_the_last_step_is_written_once_and_a_resume_at_it_keeps_the_metrics(backend):  # noqa: F811
+    run_id, lease = _claimed()
+    writer = _ProgressWriter(run_id, lease, 0.0, TrainingPace(8))
+    writer(12, {"loss": 0.5})  # the log write of the last step (no throttle)
+    writer.final(12, {"loss": 0.5})  # the end of training used to write it a second time
+    assert _metrics_events(run_id) == [{"step": 12, "loss": 0.5}]
+
+    # Given back at its last step, resumed there: the new claim trains no step, its metrics are {}.
+    resumed = _ProgressWriter(run_id, lease, 0.0, TrainingPace(8))
+    resumed.final(12, {})
+    assert _metrics_events(run_id) == [{"step": 12, "loss": 0.5}]
+    with db.session_scope() as session:
+        assert session.get(Run, run_id).metrics == {"loss": 0.5}
+
+
+def test_evaluation_events_of_a_stale_owner_are_refused(backend):  # noqa: F811
+    run_id, stale = _claimed("a")
+    with db.session_scope() as session:  # a froze past its lease; b took the run over
+        session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=leases.db_time(-1.0)))
+        assert runs.claim_run(session=session, run_id=run_id, owner="b", lease_seconds=60).won
+    spec = RunSpec.model_validate({**TINY_RUN, "evaluation": {"n_samples": 2, "steps": 1}})
+    # a wakes up and evaluates (here it fails: no real state), then reports: refused either way.
+    with pytest.raises(LeaseLost):
+        evaluate_final(run_id, spec, b"not a checkpoint", None, device=torch.device("cpu"), lease=stale)
+    with db.session_scope() as session:
+        assert session.scalar(select(func.count()).where(RunEvent.run_id == run_id,
+                                                         RunEvent.type == "evaluation")) == 0
+
+
+def test_a_fast_worker_clock_does_not_cancel_a_run_still_being_stopped(backend, monkeypatch):  # noqa: F811
+    run_id, _ = _claimed()
+    with db.session_scope() as session:
+        runs.request_cancel(session=session, run=session.get(Run, run_id))  # its worker stops it at the next step
+    fast = utcnow() + timedelta(minutes=5)  # the reconciling worker's clock runs 5 min ahead
+    monkeypatch.setattr(runs, "utcnow", lambda: fast)
+    with db.session_scope() as session:
+        assert runs.cancel_abandoned(session=session) == []
+        session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=leases.db_time(-1.0)))
+        assert runs.cancel_abandoned(session=session) == [run_id]  # its worker did die
+
+
+def test_a_give_back_after_the_lease_was_lost_sends_no_message(backend):  # noqa: F811
+    run_id, stale = _claimed("a")
+    with db.session_scope() as session:  # a froze past its lease; b took the run over
+        session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=leases.db_time(-1.0)))
+        live = runs.claim_run(session=session, run_id=run_id, owner="b", lease_seconds=60)
+    _give_back(run_id, stale, "its worker was shutting down")  # a wakes into a warm shutdown
+    with db.session_scope() as session:
+        run = session.get(Run, run_id)
+        assert (run.status, run.lease_owner, run.lease_epoch) == ("running", "b", live.epoch)
+    assert waiting_messages() == 0  # b holds the run: a wake-up would only be a message to drop
