@@ -1,5 +1,6 @@
 """Fixtures: `service` is a live api + worker on the embedded configuration and on
-PostgreSQL + Redis (the same tests run on both); `client` is an httpx client for it."""
+PostgreSQL + Redis (the same tests run on both, unless a test is marked
+`backends("postgres-redis")`); `client` is an httpx client for it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ import pytest
 from tests.live import Service, backend_env
 
 BACKENDS = ["embedded", "postgres-redis"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop the backends a test's `backends(...)` marker does not name: what it checks (statistics,
+    say) does not depend on the storage, and training it twice would only double its minutes."""
+    keep, drop = [], []
+    for item in items:
+        marker = item.get_closest_marker("backends")
+        backend = getattr(item, "callspec", None) and item.callspec.params.get("service")
+        (drop if marker and backend and backend not in marker.args else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def _start(backend: str, tmp_path_factory: pytest.TempPathFactory, **extra_env: str) -> Iterator[Service]:

@@ -43,7 +43,8 @@ from PIL import Image
 from tests.live import wait_for
 from tests.service.test_datasets import npz_bytes, upload
 
-pytestmark = pytest.mark.service
+# The statistics do not depend on the storage: trained once, on the production backend.
+pytestmark = [pytest.mark.service, pytest.mark.backends("postgres-redis")]
 
 PROBLEM = "application/problem+json"
 STRONG = 300.0  # TV weight on t in [90, 100): only ~1 draw in 6 batches lands there, each a strong push
