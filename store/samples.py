@@ -80,6 +80,13 @@ def job_source(*, session: Session, sample_id: str) -> tuple[dict[str, Any], Che
     return dict(job.params), ckpt
 
 
+def give_back_sample(*, session: Session, sample_id: str, lease: Lease) -> bool:
+    """Back to the queue without spending an attempt (the caller enqueues it): the database, not
+    the job, failed. False when `lease` no longer holds the job."""
+    return release(session, SampleJob, sample_id, lease=lease, status="queued", enqueued_at=utcnow(),
+                   attempts=SampleJob.attempts - 1)
+
+
 def finish_sample(*, session: Session, sample_id: str, lease: Lease, **values: Any) -> bool:
     """Stamp the outcome (status, images or error) and drop the lease; only while `lease` still
     holds the job (False: another claim owns it now, and its outcome is that worker's to write).

@@ -17,7 +17,9 @@ from store.db import session_scope
 from store.settings import get_settings
 from store.tables import SampleJob
 from worker import errors
+from worker.celery_app import enqueue_sample
 from worker.heartbeat import Heartbeat
+from worker.retry import DatabaseUnavailable, retrying
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,9 @@ def run_sampling(sample_id: str, *, owner: str) -> None:
     try:
         with Heartbeat(SampleJob, sample_id, lease=lease):
             _sample(sample_id, lease)
+    except DatabaseUnavailable:  # infrastructure, not the job: back to the queue, no attempt spent
+        log.exception("sample job %s: the database was unreachable", sample_id)
+        _give_back(sample_id, lease)
     except Exception as exc:
         log.exception("sample job %s failed", sample_id)
         _finish(sample_id, lease, status="failed", error=str(errors.user_error(exc)))
@@ -49,21 +54,54 @@ def run_sampling(sample_id: str, *, owner: str) -> None:
 
 def _sample(sample_id: str, lease: leases.Lease) -> None:
     settings = get_settings()
-    with session_scope() as session:
-        params, ckpt = stored.job_source(session=session, sample_id=sample_id)
-        if ckpt is None:
-            raise errors.SourceMissing("the run has no checkpoint to sample from yet")
-        state = ckpt.data
+
+    def source() -> tuple[dict, str | None, bytes | None]:
+        with session_scope() as session:
+            params, ckpt = stored.job_source(session=session, sample_id=sample_id)
+            return params, ckpt and ckpt.id, ckpt and ckpt.data
+
+    params, ckpt_id, state = retrying(source, f"sample job {sample_id}: load")
+    if state is None:
+        raise errors.SourceMissing("the run has no checkpoint to sample from yet")
     guidance = GuidanceSpec.model_validate(params["guidance"]) if params.get("guidance") else None
     images = sample_from_state(state, n=params["n"], sampler=params["sampler"], steps=params["steps"],
                                eta=params["eta"], seed=params["seed"], device=resolve_device(settings.device),
                                guidance=guidance)
     _finish(sample_id, lease, status="succeeded", images_npz=npz_bytes(images), grid_png=grid_png(images),
-            checkpoint_id=ckpt.id)
+            checkpoint_id=ckpt_id)
 
 
 def _finish(sample_id: str, lease: leases.Lease, **values: object) -> None:
-    """The job's outcome, written only while `lease` still holds it (else another worker does)."""
-    with session_scope() as session:
-        if not stored.finish_sample(session=session, sample_id=sample_id, lease=lease, **values):
-            log.warning("sample job %s: lease epoch %d lost; outcome dropped", sample_id, lease.epoch)
+    """The job's outcome, written only while `lease` still holds it (else another worker does);
+    retried through database blips. Past REGDIFF_DB_RETRY_SECONDS the lease expires and the
+    reconciler queues the job again."""
+
+    def write() -> bool:
+        with session_scope() as session:
+            return stored.finish_sample(session=session, sample_id=sample_id, lease=lease, **values)
+
+    try:
+        written = retrying(write, f"sample job {sample_id}: outcome")
+    except DatabaseUnavailable:
+        log.exception("sample job %s: could not write the outcome", sample_id)
+        return
+    if not written:
+        log.warning("sample job %s: lease epoch %d lost; outcome dropped", sample_id, lease.epoch)
+
+
+def _give_back(sample_id: str, lease: leases.Lease) -> None:
+    """Back to the queue without spending an attempt, then a wake-up for the next worker."""
+
+    def write() -> bool:
+        with session_scope() as session:
+            return stored.give_back_sample(session=session, sample_id=sample_id, lease=lease)
+
+    try:
+        if not retrying(write, f"sample job {sample_id}: give back"):
+            return  # another claim owns it (and has its message), or it ended or is gone
+    except DatabaseUnavailable:  # the lease expires and the reconciler queues it again
+        return
+    try:
+        enqueue_sample(sample_id)
+    except Exception:
+        log.exception("sample job %s: could not enqueue; the reconciler will", sample_id)

@@ -11,14 +11,15 @@ import torch
 from sqlalchemy import func, select, update
 
 from models.spec import RunSpec
-from store import db, leases, runs
+from store import db, leases, runs, samples
 from store.leases import Lease, LeaseLost
-from store.tables import Run, RunEvent, utcnow
+from store.tables import Run, RunEvent, SampleJob, utcnow
 from tests.conftest import TINY_RUN
 from tests.store.test_reconciler import backend  # noqa: F401  (the fixture: a migrated database per backend)
 from worker.celery_app import waiting_messages
 from worker.evaluation import evaluate_final
 from worker.metrics import TrainingPace
+from worker.samples import _give_back as give_back_sample
 from worker.training import _give_back, _ProgressWriter
 
 
@@ -86,3 +87,28 @@ def test_a_give_back_after_the_lease_was_lost_sends_no_message(backend):  # noqa
         run = session.get(Run, run_id)
         assert (run.status, run.lease_owner, run.lease_epoch) == ("running", "b", live.epoch)
     assert waiting_messages() == 0  # b holds the run: a wake-up would only be a message to drop
+
+
+def _claimed_sample(owner: str = "a") -> tuple[str, Lease]:
+    run_id, _ = _claimed()
+    with db.session_scope() as session:
+        job, _ = samples.create_sample_job(session=session, tenant="t", run_id=run_id, checkpoint_id=None,
+                                           params={"n": 2})
+        claim = leases.claim(session, SampleJob, job.id, owner=owner, lease_seconds=60)
+    return job.id, Lease(owner, claim.epoch)
+
+
+def test_a_sample_job_the_database_failed_goes_back_to_the_queue_without_spending_an_attempt(backend):  # noqa: F811
+    job_id, lease = _claimed_sample()
+    give_back_sample(job_id, lease)  # what run_sampling does on DatabaseUnavailable
+    with db.session_scope() as session:
+        job = session.get(SampleJob, job_id)
+        assert (job.status, job.attempts, job.lease_owner) == ("queued", 0, None)
+    assert waiting_messages() == 1  # a wake-up for the next worker
+
+    with db.session_scope() as session:  # the next worker claims it: its first attempt
+        assert leases.claim(session, SampleJob, job_id, owner="b", lease_seconds=60).attempts == 1
+    give_back_sample(job_id, lease)  # the old lease gives back nothing and sends nothing
+    with db.session_scope() as session:
+        assert (session.get(SampleJob, job_id).status, session.get(SampleJob, job_id).lease_owner) == ("running", "b")
+    assert waiting_messages() == 1
