@@ -4,14 +4,28 @@ PostgreSQL + Redis (the same tests run on both, unless a test is marked
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from tests.live import Service, backend_env
 
 BACKENDS = ["embedded", "postgres-redis"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis (schemathesis' engine) writes caches under ./.hypothesis even with its example
+    database off: point it at a temporary folder, so the suite leaves no files in the tree."""
+    config.hypothesis_home = tempfile.mkdtemp(prefix="regdiff-hypothesis-")
+    set_hypothesis_home_dir(config.hypothesis_home)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(getattr(config, "hypothesis_home", ""), ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
