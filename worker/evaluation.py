@@ -34,6 +34,7 @@ from store.db import session_scope
 from store.leases import Lease
 from store.settings import get_settings
 from worker import errors
+from worker.retry import DatabaseUnavailable, retrying
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,23 @@ def labelled(data: ImageSet) -> bool:
 def cached_classifier(name: str, data: ImageSet, *, device: torch.device, steps: int) -> tuple[bytes, str, bool]:
     """(classifier bytes, cache key, whether it came from the cache); trains and caches on a miss."""
     key = dataset_key(name, data, steps)
-    with session_scope() as session:
-        state = stored.get_classifier(session=session, key=key)
+
+    def read() -> bytes | None:
+        with session_scope() as session:
+            return stored.get_classifier(session=session, key=key)
+
+    def write(trained: bytes) -> bytes:
+        with session_scope() as session:
+            return stored.put_classifier(session=session, key=key, data=trained)
+
+    state = retrying(read, f"classifier {key}: read")
     if state is not None:
         return state, key, True
     started = time.monotonic()
     with _one_thread_on_cpu(device):
         state = evaluation.train_classifier(data, device=device, steps=steps)
     log.info("trained the evaluation classifier for %s in %.1f s", key, time.monotonic() - started)
-    with session_scope() as session:
-        state = stored.put_classifier(session=session, key=key, data=state)
-    return state, key, False
+    return retrying(lambda: write(state), f"classifier {key}: write"), key, False
 
 
 @contextmanager
@@ -122,7 +129,8 @@ def evaluate_final(run_id: str, spec: RunSpec, state: bytes, data: ImageSet, *, 
     """The evaluation of a run's final state, or None when it is off (n_samples 0).
 
     An evaluation that fails does not fail the run (the model is fine; its report is not): the
-    run gets `{"error": ...}` and a warning event says why. Its events are fenced by `lease` like
+    run gets `{"error": ...}` and a warning event says why. A database that stays unreachable is
+    not the evaluation's failure: DatabaseUnavailable goes up, and the run is given back. Its events are fenced by `lease` like
     every write of the worker (LeaseLost when another claim owns the run now): a worker frozen
     past its lease during the evaluation must not add them to the new owner's run.
     """
@@ -145,6 +153,8 @@ def evaluate_final(run_id: str, spec: RunSpec, state: bytes, data: ImageSet, *, 
         with _one_thread_on_cpu(device):
             result = score(spec, samples, data, classifier_state=state_bytes, device=device)
         t3 = time.monotonic()
+    except DatabaseUnavailable:
+        raise
     except Exception as exc:  # reported on the run, never fatal to it
         log.exception("run %s: evaluation failed", run_id)
         error = errors.user_error(exc)

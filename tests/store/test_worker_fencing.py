@@ -10,15 +10,19 @@ import pytest
 import torch
 from sqlalchemy import func, select, update
 
+from models.datasets import load_builtin
 from models.spec import RunSpec
+from models.trainer import train
 from store import db, leases, runs, samples
 from store.leases import Lease, LeaseLost
 from store.tables import Run, RunEvent, SampleJob, utcnow
 from tests.conftest import TINY_RUN
-from tests.store.test_reconciler import backend  # noqa: F401  (the fixture: a migrated database per backend)
+from tests.live import free_port
+from tests.store.test_reconciler import _reset_caches, backend  # noqa: F401  (the fixture: a migrated database per backend)
 from worker.celery_app import waiting_messages
 from worker.evaluation import evaluate_final
 from worker.metrics import TrainingPace
+from worker.retry import DatabaseUnavailable
 from worker.samples import _give_back as give_back_sample
 from worker.training import _give_back, _ProgressWriter
 
@@ -112,3 +116,23 @@ def test_a_sample_job_the_database_failed_goes_back_to_the_queue_without_spendin
     with db.session_scope() as session:
         assert (session.get(SampleJob, job_id).status, session.get(SampleJob, job_id).lease_owner) == ("running", "b")
     assert waiting_messages() == 1
+
+
+def test_an_unreachable_database_during_the_evaluation_gives_the_run_back_instead_of_an_error(tmp_path, monkeypatch):
+    """The classifier cache lives in the database: when it cannot be reached (here: nothing listens
+    on the port), the evaluation must not report `{"error": ...}` on a model that is fine; the
+    worker gives the run back (training.py catches DatabaseUnavailable)."""
+    spec = RunSpec.model_validate({**TINY_RUN, "train": {"steps": 2, "batch_size": 4}, "checkpoint_every": None,
+                                   "evaluation": {"n_samples": 4, "steps": 1}})
+    data = load_builtin("digits")
+    state = train(spec, data, device="cpu").state
+    monkeypatch.setenv("REGDIFF_HOME", str(tmp_path))
+    monkeypatch.setenv("REGDIFF_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/gone")
+    monkeypatch.setenv("REGDIFF_DB_RETRY_SECONDS", "1")
+    _reset_caches()
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            evaluate_final("run_x", spec, state, data, device=torch.device("cpu"), lease=Lease("a", 1))
+    finally:
+        monkeypatch.undo()
+        _reset_caches()
