@@ -47,6 +47,8 @@ KINDS: dict[str, ProblemKind] = {kind.code: kind for kind in (
     ProblemKind("method-not-allowed", 405, "The path exists but not with this HTTP method."),
     ProblemKind("conflict", 409, "The resource is not in a state that allows this (e.g. a finished run"
                 " cannot be cancelled, a run without a checkpoint cannot be sampled)."),
+    ProblemKind("limit-reached", 409, "This tenant has as many of this resource as the server allows (webhook"
+                " endpoints: REGDIFF_MAX_WEBHOOK_ENDPOINTS); `limit` gives the figure. Delete one first."),
     ProblemKind("payload-too-large", 413, "The request body, or the uploaded file, is over the server's"
                 " limit (REGDIFF_MAX_BODY_BYTES, REGDIFF_MAX_UPLOAD_BYTES)."),
     ProblemKind("validation", 422, "A field has a value that is not allowed; `errors` lists each field at"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from service.errors import invalid, invalid_fields
+from service.errors import Problem, invalid, invalid_fields
 from service.lookup import found, page
 from store import webhooks as stored
 from store.settings import Settings
@@ -47,6 +47,11 @@ def check_events(events: list[str] | None, allowed: tuple[str, ...], default: tu
 def create_endpoint(session: Session, settings: Settings, tenant: str, *, url: str, events: list[str] | None,
                     description: str | None) -> WebhookEndpoint:
     """Check, store and commit; the returned endpoint's `secret` is shown to the caller this once."""
+    limit = settings.max_webhook_endpoints
+    if limit and stored.count_endpoints(session=session, tenant=tenant) >= limit:
+        raise Problem(409, detail=f"this tenant has {limit} webhook endpoints, the most the server allows"
+                      " (REGDIFF_MAX_WEBHOOK_ENDPOINTS); delete one first", code="limit-reached",
+                      extensions={"limit": limit})
     chosen = check_events(events, stored.EVENTS, stored.EVENTS)
     endpoint = stored.create_endpoint(session=session, tenant=tenant, url=check_url(url, settings), events=chosen,
                                       secret=new_secret(), description=description)

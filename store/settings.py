@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = Field(3600.0, gt=0, description="longest wait between two tries")
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="a receiver that takes longer has failed this try")
     webhook_poll_seconds: float = Field(1.0, gt=0, description="how often each worker looks for due deliveries")
+    max_webhook_endpoints: int = Field(
+        20, ge=0, description="webhook endpoints a tenant may have, not counting runs' own; 0: no limit"
+    )
 
     @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod

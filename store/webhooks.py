@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,12 @@ def create_endpoint(*, session: Session, tenant: str, url: str, events: list[str
     session.add(endpoint)
     session.flush()
     return endpoint
+
+
+def count_endpoints(*, session: Session, tenant: str) -> int:
+    """The tenant's own endpoints; a run's `webhook` is bounded by its run and not counted."""
+    return session.scalar(select(func.count()).select_from(WebhookEndpoint).where(
+        WebhookEndpoint.tenant == tenant, WebhookEndpoint.run_id.is_(None))) or 0
 
 
 def get_endpoint(*, session: Session, tenant: str, endpoint_id: str) -> WebhookEndpoint | None:

@@ -10,6 +10,7 @@ from api.deps.auth import TenantDep
 from api.deps.ownership import OwnedEndpoint
 from api.deps.pagination import PageDep, next_cursor
 from api.deps.session import SessionDep, SettingsDep
+from api.openapi import CONFLICT
 from api.schemas import (
     WebhookDeliveriesPublic,
     WebhookDeliveryPublic,
@@ -23,7 +24,7 @@ from service import webhooks as service
 router = APIRouter(prefix="/v1/webhook_endpoints", tags=["webhooks"])
 
 
-@router.post("", status_code=201, response_model=WebhookEndpointCreated)
+@router.post("", status_code=201, response_model=WebhookEndpointCreated, responses=CONFLICT)
 def create_webhook(body: WebhookEndpointCreate, session: SessionDep, tenant: TenantDep, settings: SettingsDep,
                    response: Response) -> WebhookEndpointCreated:
     """The answer carries the signing secret (`whsec_...`): it is shown this once."""

@@ -4,6 +4,7 @@ endpoints that listen; deliveries are claimed by one worker at a time."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from store import leases, runs, sweeps, webhooks
@@ -126,3 +127,24 @@ def test_one_worker_claims_a_delivery_and_a_failed_try_is_due_again_after_its_ba
     (row,), _ = webhooks.list_deliveries(session=session, tenant="t", endpoint_id=endpoint, limit=10)
     assert (row.status, row.attempts, row.last_response_code, row.event.type) == ("succeeded", 2, 204, "run.cancelled")
     assert row.next_attempt_at is None and row.finished_at is not None
+
+
+def test_a_tenant_may_have_as_many_endpoints_as_the_server_allows_runs_own_not_counted(session):
+    from service import webhooks as service
+    from service.errors import Problem
+    from store.settings import Settings
+
+    settings = Settings(webhook_allow_private=True, max_webhook_endpoints=2)
+
+    def create(tenant: str) -> None:
+        service.create_endpoint(session, settings, tenant, url="http://127.0.0.1:9/", events=None, description=None)
+
+    run, _ = runs.create_run(session=session, tenant="t", spec=SPEC)
+    _endpoint(session, run_id=run.id)  # a run's own webhook: not counted
+    create("t")
+    create("t")
+    with pytest.raises(Problem) as refused:
+        create("t")
+    assert (refused.value.status, refused.value.code, refused.value.extensions) == (409, "limit-reached", {"limit": 2})
+    create("u")  # per tenant
+    assert webhooks.count_endpoints(session=session, tenant="t") == 2
