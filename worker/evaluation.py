@@ -34,7 +34,7 @@ from store.db import session_scope
 from store.leases import Lease
 from store.settings import get_settings
 from worker import errors
-from worker.retry import DatabaseUnavailable, retrying
+from worker.retry import DatabaseUnavailable, in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +57,16 @@ def labelled(data: ImageSet) -> bool:
 def cached_classifier(name: str, data: ImageSet, *, device: torch.device, steps: int) -> tuple[bytes, str, bool]:
     """(classifier bytes, cache key, whether it came from the cache); trains and caches on a miss."""
     key = dataset_key(name, data, steps)
-
-    def read() -> bytes | None:
-        with session_scope() as session:
-            return stored.get_classifier(session=session, key=key)
-
-    def write(trained: bytes) -> bytes:
-        with session_scope() as session:
-            return stored.put_classifier(session=session, key=key, data=trained)
-
-    state = retrying(read, f"classifier {key}: read")
+    state = in_transaction(lambda session: stored.get_classifier(session=session, key=key), f"classifier {key}: read")
     if state is not None:
         return state, key, True
     started = time.monotonic()
     with _one_thread_on_cpu(device):
         state = evaluation.train_classifier(data, device=device, steps=steps)
     log.info("trained the evaluation classifier for %s in %.1f s", key, time.monotonic() - started)
-    return retrying(lambda: write(state), f"classifier {key}: write"), key, False
+    state = in_transaction(lambda session: stored.put_classifier(session=session, key=key, data=state),
+                           f"classifier {key}: write")
+    return state, key, False
 
 
 @contextmanager

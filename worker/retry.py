@@ -14,7 +14,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
+from store.db import session_scope
 from store.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -40,3 +42,13 @@ def retrying(write: Callable[[], T], what: str) -> T:
             log.warning("%s: database error (%s); retrying in %.1f s", what, type(exc).__name__, delay)
             time.sleep(delay)
             delay = min(2 * delay, MAX_DELAY)
+
+
+def in_transaction(work: Callable[[Session], T], what: str) -> T:
+    """`work(session)` in one transaction, retried through a database blip; its result."""
+
+    def once() -> T:
+        with session_scope() as session:
+            return work(session)
+
+    return retrying(once, what)

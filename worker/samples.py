@@ -19,7 +19,7 @@ from store.tables import SampleJob
 from worker import errors
 from worker.celery_app import enqueue_sample
 from worker.heartbeat import Heartbeat
-from worker.retry import DatabaseUnavailable, retrying
+from worker.retry import DatabaseUnavailable, in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,11 @@ def run_sampling(sample_id: str, *, owner: str) -> None:
 def _sample(sample_id: str, lease: leases.Lease) -> None:
     settings = get_settings()
 
-    def source() -> tuple[dict, str | None, bytes | None]:
-        with session_scope() as session:
-            params, ckpt = stored.job_source(session=session, sample_id=sample_id)
-            return params, ckpt and ckpt.id, ckpt and ckpt.data
+    def source(session) -> tuple[dict, str | None, bytes | None]:
+        params, ckpt = stored.job_source(session=session, sample_id=sample_id)
+        return params, ckpt and ckpt.id, ckpt and ckpt.data
 
-    params, ckpt_id, state = retrying(source, f"sample job {sample_id}: load")
+    params, ckpt_id, state = in_transaction(source, f"sample job {sample_id}: load")
     if state is None:
         raise errors.SourceMissing("the run has no checkpoint to sample from yet")
     guidance = GuidanceSpec.model_validate(params["guidance"]) if params.get("guidance") else None
@@ -75,13 +74,10 @@ def _finish(sample_id: str, lease: leases.Lease, **values: object) -> None:
     """The job's outcome, written only while `lease` still holds it (else another worker does);
     retried through database blips. Past REGDIFF_DB_RETRY_SECONDS the lease expires and the
     reconciler queues the job again."""
-
-    def write() -> bool:
-        with session_scope() as session:
-            return stored.finish_sample(session=session, sample_id=sample_id, lease=lease, **values)
-
     try:
-        written = retrying(write, f"sample job {sample_id}: outcome")
+        written = in_transaction(lambda session: stored.finish_sample(session=session, sample_id=sample_id,
+                                                                      lease=lease, **values),
+                                 f"sample job {sample_id}: outcome")
     except DatabaseUnavailable:
         log.exception("sample job %s: could not write the outcome", sample_id)
         return
@@ -91,13 +87,10 @@ def _finish(sample_id: str, lease: leases.Lease, **values: object) -> None:
 
 def _give_back(sample_id: str, lease: leases.Lease) -> None:
     """Back to the queue without spending an attempt, then a wake-up for the next worker."""
-
-    def write() -> bool:
-        with session_scope() as session:
-            return stored.give_back_sample(session=session, sample_id=sample_id, lease=lease)
-
     try:
-        if not retrying(write, f"sample job {sample_id}: give back"):
+        if not in_transaction(lambda session: stored.give_back_sample(session=session, sample_id=sample_id,
+                                                                      lease=lease),
+                              f"sample job {sample_id}: give back"):
             return  # another claim owns it (and has its message), or it ended or is gone
     except DatabaseUnavailable:  # the lease expires and the reconciler queues it again
         return

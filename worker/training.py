@@ -28,7 +28,7 @@ from worker.data import load_images
 from worker.evaluation import evaluate_final
 from worker.heartbeat import SHUTTING_DOWN, Heartbeat
 from worker.metrics import TrainingPace
-from worker.retry import TRANSIENT, DatabaseUnavailable, retrying
+from worker.retry import TRANSIENT, DatabaseUnavailable, in_transaction, retrying
 from worker.samples import npz_bytes
 
 log = logging.getLogger(__name__)
@@ -135,10 +135,7 @@ def _load(run_id: str):
 
 def _write(run_id: str, what: str, write):
     """`write(session)` in one transaction, retried through a database blip (worker/retry.py); its result."""
-    def once():
-        with session_scope() as session:
-            return write(session)
-    return retrying(once, f"run {run_id}: {what}")
+    return in_transaction(write, f"run {run_id}: {what}")
 
 
 def _init_weights(session, tenant: str, checkpoint_id: str | None) -> bytes | None:
