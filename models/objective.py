@@ -194,7 +194,23 @@ class Objective:
         trainer), None on the steps without a penalty. `cut`: the DDIM random cut (`draw_cut`).
         """
         x_t = self.schedule.add_noise(x0, t, noise)
-        output = net(x_t, t)  # (B, C, H, W) fp32
+        return self.loss(net, x0, t, noise, x_t, net(x_t, t), lam_eff=lam_eff, cut=cut)
+
+    def loss(
+        self,
+        net: estimators.NetworkCall,
+        x0: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        x_t: Tensor,
+        output: Tensor,
+        *,
+        lam_eff: Tensor | float | None,
+        cut: Tensor | None = None,
+    ) -> LossParts:
+        """The loss from the network's `output` (B, C, H, W) fp32 at `x_t`, already computed: a sweep
+        trained as one stacked model (models/stacked.py) runs every point's forward pass at once,
+        then each point's own objective here. `net` serves the DDIM estimator's further calls."""
         diffusion = self.diffusion_mean(self.diffusion_loss(output, x0, noise, t))  # ()
         if lam_eff is None or self.penalty is None:
             zero = diffusion.new_zeros(())

@@ -18,7 +18,7 @@ The steps `every` skips have no penalty at all: a second graph, chosen by the st
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -189,14 +189,14 @@ class GraphedStep:
 
     WARMUP = 3
 
-    def __init__(self, step: Callable[[bool], None], device: torch.device):
+    def __init__(self, step: Callable[[Hashable], None], device: torch.device):
         self.step = step
-        self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
-        self.eager_calls: dict[bool, int] = {}
+        self.graphs: dict[Hashable, torch.cuda.CUDAGraph] = {}
+        self.eager_calls: dict[Hashable, int] = {}
         self.side = torch.cuda.Stream(device)
         self.capture_seconds = 0.0
 
-    def __call__(self, key: bool) -> None:
+    def __call__(self, key: Hashable) -> None:
         graph = self.graphs.get(key)
         if graph is not None:
             graph.replay()

@@ -120,6 +120,144 @@ def _penalty(spec: RunSpec) -> regularizers.WeightedSum | None:
     return regularizers.build([term.model_dump() for term in spec.regularizer])
 
 
+class RunState:
+    """One run's training state and its loop bookkeeping, shared by `train` (one run) and
+    models/stacked.py (a sweep's points as one stacked model): the weights, EMA and AdamW it
+    checkpoints, its generators and counters, its objective and step buffers, and what it logs.
+
+    Built from scratch, from a checkpoint (`resume`, continued bit for bit) or from another run's
+    weights (`init_weights`). The stacked trainer keeps the live weights in its stacked tensors and
+    sets `before_snapshot` to copy this run's slice back before a checkpoint is written."""
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        images: Tensor,
+        device: torch.device,
+        *,
+        hooks: TrainHooks = NO_HOOKS,
+        resume: bytes | None = None,
+        init_weights: bytes | None = None,
+        graphs: bool = False,
+    ):
+        if resume is not None and init_weights is not None:
+            raise ValueError("pass either resume or init_weights, not both")
+        cfg = self.cfg = spec.train
+        self.spec, self.hooks, self.device = spec, hooks, device
+        self.held_out = None
+        if cfg.val_every:
+            images, self.held_out = validation.split(images, spec.model.timesteps)
+        self.images = images  # (N, C, H, W) in [-1, 1]: what the batches are drawn from
+        self.channels, self.image_size = images.shape[1], images.shape[2]
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left untouched
+            torch.manual_seed(cfg.seed)
+            self.net = networks.build_unet(spec.model.preset, self.image_size, self.channels).to(device).train()
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        self.params, self.ema_params = list(self.net.parameters()), list(self.ema.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, fused=device.type == "cuda", capturable=graphs)
+        self.gen = torch.Generator(device).manual_seed(cfg.seed)
+        # the host stream: nothing draws from it since the DDIM cut moved to the device; kept (seeded,
+        # saved, restored) so checkpoints keep their rng.host tensor and older ones still resume
+        self.host_gen = torch.Generator().manual_seed(cfg.seed + HOST_SEED_OFFSET)
+        self.step = self.ema_step = 0
+        if resume is not None:
+            self._resume(resume)
+        elif init_weights is not None:
+            self._init_from(init_weights)
+        self.objective = Objective(spec, make_schedule(spec.model, device), _penalty(spec))
+        self.window, self.watch = Window(device), FiniteWatch(device)
+        self.metrics: dict[str, float] = {}
+        self.val_loss: Tensor | None = None  # the latest held-out loss, read (host sync) on log steps
+        self.logged_at = self.step
+        self.before_snapshot: Callable[[], None] = lambda: None
+
+    def _resume(self, data: bytes) -> None:
+        state = checkpoint.from_bytes(data)
+        if state.spec["model"] != self.spec.model.model_dump(mode="json"):
+            raise ValueError(f"resume: checkpoint model {state.spec['model']} differs from spec.model")
+        checkpoint.load_weights(self.net, state.model, "resume model weights")
+        checkpoint.load_weights(self.ema, state.ema, "resume EMA weights")
+        checkpoint.load_optimizer_tensors(self.optimizer, state.optimizer)
+        self.host_gen.set_state(state.rng["host"])
+        if state.rng_device == self.device.type:
+            self.gen.set_state(state.rng["device"])
+        else:  # another device type cannot take this state: reproducible, but not the same stream
+            self.gen.manual_seed(self.cfg.seed + state.step)
+        self.step, self.ema_step = state.step, state.ema_step
+
+    def _init_from(self, data: bytes) -> None:
+        state = checkpoint.from_bytes(data)
+        start = state.ema if self.spec.init_from_weights == "ema" else state.model
+        checkpoint.load_weights(self.net, start, f"init_weights {self.spec.init_from_weights} weights")
+        checkpoint.load_weights(self.ema, state.ema, "init_weights EMA weights")
+        self.ema_step = state.ema_step
+
+    def snapshot(self) -> bytes:
+        self.before_snapshot()
+        return checkpoint.to_bytes(
+            checkpoint.TrainState(
+                spec=self.spec.to_json(),
+                step=self.step,
+                image_size=self.image_size,
+                channels=self.channels,
+                model=self.net.state_dict(),
+                ema=self.ema.state_dict(),
+                optimizer=checkpoint.optimizer_tensors(self.optimizer),
+                rng={"device": self.gen.get_state(), "host": self.host_gen.get_state()},
+                rng_device=self.device.type,
+                ema_step=self.ema_step,
+            )
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.cfg.steps
+
+    def ema_weight(self) -> float:
+        """1 - decay of this step's EMA update."""
+        return 1 - ema_decay(self.ema_step, self.cfg.ema_decay)
+
+    def fill(self, inputs: StepInputs) -> bool:
+        """Write this step's draws and scalars into `inputs`; whether the step computes the penalty."""
+        lam_eff = self.objective.lambda_eff(self.step)
+        inputs.fill(self.images, self.objective, self.gen, step=self.step, lam_eff=lam_eff,
+                    ema_weight=self.ema_weight())
+        return self.objective.applies(self.step)
+
+    def after_step(self, call_net: NetworkCall, compile_seconds: float | None = None) -> TrainResult | None:
+        """Count the step done, then validate, log, checkpoint as due. The run's TrainResult when it
+        stops (hooks.should_stop) or ends; raises NonFiniteLoss on a log or checkpoint step."""
+        decay = ema_decay(self.ema_step, self.cfg.ema_decay)  # the decay the step just used
+        self.step += 1
+        self.ema_step += 1
+        step, cfg = self.step, self.cfg
+        if self.held_out is not None and step % cfg.val_every == 0:
+            self.val_loss = validation.loss(call_net, self.objective, self.held_out, cfg.batch_size)
+        last = step == cfg.steps
+        if step % cfg.log_every == 0 or last:
+            self.watch.check()
+            self.metrics = {
+                **self.window.read(step - self.logged_at),
+                "lambda": self.objective.lambda_at(step - 1),
+                "lr": cfg.lr,
+                "ema_horizon": 1 / (1 - decay),  # steps the EMA averages over now
+            }
+            self.logged_at = step
+            if self.val_loss is not None:  # the latest, in every log: the run's metrics are the last log
+                self.metrics["val_loss"] = self.val_loss.item()
+            if compile_seconds is not None:  # CUDA graph capture so far, outside the steps' own time
+                self.metrics["compile_seconds"] = compile_seconds
+            self.hooks.on_log(step, self.metrics)
+        if self.hooks.should_stop():  # every step (a flag read): a warm shutdown must not wait for a log step
+            return TrainResult(step, stopped=True, state=self.snapshot(), metrics=self.metrics)
+        if self.spec.checkpoint_every and step % self.spec.checkpoint_every == 0:
+            self.watch.check()
+            self.hooks.on_checkpoint(step, self.snapshot())
+        if last:
+            return TrainResult(step, stopped=False, state=self.snapshot(), metrics=self.metrics)
+        return None
+
+
 def train(
     spec: RunSpec,
     data: ImageSet,
@@ -132,110 +270,22 @@ def train(
     """Train `spec` on `data`; `resume` continues a checkpoint exactly, `init_weights` fine-tunes
     from another run's checkpoint (its EMA and EMA warm-up position; fresh optimizer, step 0).
     The api checks beforehand that the checkpoint's model matches (checkpoint.check_compatible)."""
-    if resume is not None and init_weights is not None:
-        raise ValueError("pass either resume or init_weights, not both")
     device = resolve_device(device)
-    cfg = spec.train
-
-    # 1. Data, network, EMA copy, optimizer, generators.
-    images = to_tensor(data.images, device)  # (N, C, H, W) in [-1, 1]
-    held_out = None
-    if cfg.val_every:
-        images, held_out = validation.split(images, spec.model.timesteps)
-    channels, image_size = images.shape[1], images.shape[2]
-    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left untouched
-        torch.manual_seed(cfg.seed)
-        net = networks.build_unet(spec.model.preset, image_size, channels).to(device).train()
-    ema = copy.deepcopy(net).requires_grad_(False)
-    params, ema_params = list(net.parameters()), list(ema.parameters())
     graphs = uses_graphs(spec, device)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, fused=device.type == "cuda", capturable=graphs)
-    gen = torch.Generator(device).manual_seed(cfg.seed)
-    # the host stream: nothing draws from it since the DDIM cut moved to the device; kept (seeded,
-    # saved, restored) so checkpoints keep their rng.host tensor and older ones still resume
-    host_gen = torch.Generator().manual_seed(cfg.seed + HOST_SEED_OFFSET)
-    step = ema_step = 0
-
-    # 2. Resume everything, or start from another run's weights.
-    if resume is not None:
-        state = checkpoint.from_bytes(resume)
-        if state.spec["model"] != spec.model.model_dump(mode="json"):
-            raise ValueError(f"resume: checkpoint model {state.spec['model']} differs from spec.model")
-        checkpoint.load_weights(net, state.model, "resume model weights")
-        checkpoint.load_weights(ema, state.ema, "resume EMA weights")
-        checkpoint.load_optimizer_tensors(optimizer, state.optimizer)
-        host_gen.set_state(state.rng["host"])
-        if state.rng_device == device.type:
-            gen.set_state(state.rng["device"])
-        else:  # another device type cannot take this state: reproducible, but not the same stream
-            gen.manual_seed(cfg.seed + state.step)
-        step, ema_step = state.step, state.ema_step
-    elif init_weights is not None:
-        state = checkpoint.from_bytes(init_weights)
-        start = state.ema if spec.init_from_weights == "ema" else state.model
-        checkpoint.load_weights(net, start, f"init_weights {spec.init_from_weights} weights")
-        checkpoint.load_weights(ema, state.ema, "init_weights EMA weights")
-        ema_step = state.ema_step
-
-    def snapshot() -> bytes:
-        return checkpoint.to_bytes(
-            checkpoint.TrainState(
-                spec=spec.to_json(),
-                step=step,
-                image_size=image_size,
-                channels=channels,
-                model=net.state_dict(),
-                ema=ema.state_dict(),
-                optimizer=checkpoint.optimizer_tensors(optimizer),
-                rng={"device": gen.get_state(), "host": host_gen.get_state()},
-                rng_device=device.type,
-                ema_step=ema_step,
-            )
-        )
-
-    schedule = make_schedule(spec.model, device)
-    objective = Objective(spec, schedule, _penalty(spec))
-    call_net = autocast_call(net, uses_bf16(spec, device))
-    window, watch = Window(device), FiniteWatch(device)
-    inputs = StepInputs.allocate(images, cfg.batch_size, objective)
+    run = RunState(spec, to_tensor(data.images, device), device, hooks=hooks, resume=resume,
+                   init_weights=init_weights, graphs=graphs)
+    call_net = autocast_call(run.net, uses_bf16(spec, device))
+    inputs = StepInputs.allocate(run.images, spec.train.batch_size, run.objective)
     run_step = make_step(
-        call_net=call_net, objective=objective, inputs=inputs, optimizer=optimizer, params=params,
-        ema_params=ema_params, grad_clip=cfg.grad_clip, window=window, watch=watch,
+        call_net=call_net, objective=run.objective, inputs=inputs, optimizer=run.optimizer, params=run.params,
+        ema_params=run.ema_params, grad_clip=spec.train.grad_clip, window=run.window, watch=run.watch,
     )
     graphed = GraphedStep(run_step, device) if graphs else None
-    metrics: dict[str, float] = {}
-    val_loss: Tensor | None = None  # the latest held-out loss, read (host sync) on log steps
-    logged_at = step
-
-    # 3. The loop: no host sync except on log and checkpoint steps.
-    while step < cfg.steps:
-        decay = ema_decay(ema_step, cfg.ema_decay)
-        inputs.fill(images, objective, gen, step=step, lam_eff=objective.lambda_eff(step), ema_weight=1 - decay)
-        (graphed or run_step)(objective.applies(step))
-        step += 1
-        ema_step += 1
-        if held_out is not None and step % cfg.val_every == 0:
-            val_loss = validation.loss(call_net, objective, held_out, cfg.batch_size)
-
-        last = step == cfg.steps
-        if step % cfg.log_every == 0 or last:
-            watch.check()
-            metrics = {
-                **window.read(step - logged_at),
-                "lambda": objective.lambda_at(step - 1),
-                "lr": cfg.lr,
-                "ema_horizon": 1 / (1 - decay),  # steps the EMA averages over now
-            }
-            logged_at = step
-            if val_loss is not None:  # the latest, in every log: the run's metrics are the last log
-                metrics["val_loss"] = val_loss.item()
-            if graphed is not None:  # CUDA graph capture so far, outside the steps' own time
-                metrics["compile_seconds"] = graphed.capture_seconds
-            hooks.on_log(step, metrics)
-        if hooks.should_stop():  # every step (a flag read): a warm shutdown must not wait for a log step
-            return TrainResult(step, stopped=True, state=snapshot(), metrics=metrics)
-        if spec.checkpoint_every and step % spec.checkpoint_every == 0:
-            watch.check()
-            hooks.on_checkpoint(step, snapshot())
-
-    return TrainResult(step, stopped=False, state=snapshot(), metrics=metrics)
+    if run.done:  # resumed at its last step
+        return TrainResult(run.step, stopped=False, state=run.snapshot(), metrics=run.metrics)
+    # The loop: no host sync except on log and checkpoint steps.
+    while True:
+        (graphed or run_step)(run.fill(inputs))
+        result = run.after_step(call_net, graphed.capture_seconds if graphed else None)
+        if result is not None:
+            return result
