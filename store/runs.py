@@ -118,6 +118,14 @@ def list_runs(
     return keyset_page(session, query, Run, tenant=tenant, limit=limit, after=after)
 
 
+def sweep_siblings(*, session: Session, run: Run) -> list[Run]:
+    """The other runs of `run`'s sweep, oldest first ([] for a run outside a sweep)."""
+    if run.sweep_id is None:
+        return []
+    query = select(Run).where(Run.sweep_id == run.sweep_id, Run.id != run.id)
+    return list(session.scalars(query.order_by(Run.created_at, Run.id)))
+
+
 def has_metadata(column: Any, metadata: dict[str, str] | None) -> list[Any]:
     """WHERE clauses: the JSON `column` (a run's or a sweep's metadata) holds every pair."""
     return [column[key].as_string() == value for key, value in (metadata or {}).items()]
@@ -224,7 +232,7 @@ def claim_run(*, session: Session, run_id: str, owner: str, lease_seconds: float
         attempts -= 1
         session.execute(update(Run).where(Run.id == run_id).values(attempts=attempts))
     set_status(session=session, run_id=run_id, status="running", message=f"attempt {attempts} on {owner}",
-               event_data={"attempt": attempts, "resume_step": _checkpoint_step(session, run_id)})
+               event_data={"attempt": attempts, "resume_step": checkpoint_step(session, run_id)})
     if first:  # run.running once per run: a resumed or retried run is not news to a webhook
         webhooks.run_changed(session=session, run_id=run_id, status="running")
     return leases.Claim(True, attempts, claim.epoch)
@@ -247,7 +255,8 @@ def give_back(*, session: Session, run_id: str, lease: Lease, reason: str) -> bo
     return True
 
 
-def _checkpoint_step(session: Session, run_id: str) -> int:
+def checkpoint_step(session: Session, run_id: str) -> int:
+    """The step of the run's newest checkpoint (where a claim resumes), 0 without one."""
     step = session.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.run_id == run_id))
     return step or 0
 
@@ -257,7 +266,7 @@ def _progressed_since_claim(session: Session, run_id: str) -> bool:
     claims = select(RunEvent.data).where(RunEvent.run_id == run_id, RunEvent.type == "status")
     for data in session.scalars(claims.order_by(RunEvent.id.desc())):
         if data and data.get("status") == "running" and "resume_step" in data:
-            return _checkpoint_step(session, run_id) > data["resume_step"]
+            return checkpoint_step(session, run_id) > data["resume_step"]
     return False
 
 

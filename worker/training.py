@@ -1,38 +1,22 @@
-"""A training run under the worker: lease, resume, progress, checkpoints, preview, outcome.
-
-`models.trainer.train` is a plain function; this module wraps it with what makes a run
-survive: the lease decides who owns it, checkpoints let another worker resume it with exact
-step continuity, and the database records everything a client reads.
-"""
+"""A training run under the worker: claim it, then train it alone or, for a sweep's waiting
+points, stacked with them (worker/stacking.py); worker/jobs.py does the rest for either."""
 
 from __future__ import annotations
 
 import logging
-import time
-
-import numpy as np
 
 from models.devices import resolve_device
-from models.images import grid_png
-from models.samplers import sample_from_state
-from models.spec import RunSpec
-from models.trainer import NonFiniteLoss, TrainHooks, train
-from store import leases, quotas, runs
-from store import samples as stored_samples
-from store.db import session_scope
+from models.trainer import train
+from store import leases
 from store.settings import get_settings
-from store.tables import Run, as_utc
-from worker import errors
+from store.tables import Run
+from worker import stacking
 from worker.celery_app import enqueue_train
 from worker.data import load_images
-from worker.evaluation import evaluate_final
 from worker.heartbeat import SHUTTING_DOWN, Heartbeat
-from worker.metrics import TrainingPace
-from worker.retry import TRANSIENT, DatabaseUnavailable, in_transaction, retrying
-from worker.samples import npz_bytes
+from worker.jobs import Job, claim, guarded
 
 log = logging.getLogger(__name__)
-MINE = ("running", "cancelling")  # the statuses a worker may move a run on from
 
 
 def run_training(run_id: str, *, owner: str) -> None:
@@ -40,184 +24,23 @@ def run_training(run_id: str, *, owner: str) -> None:
     if SHUTTING_DOWN.is_set():  # a message taken during a warm shutdown: hand it on untouched
         enqueue_train(run_id)
         return
-    with session_scope() as session:
-        if quotas.over_running_cap(session=session, run_id=run_id, cap=settings.max_running_runs):
-            # Stays queued; the reconciler re-enqueues it once its message is gone (worker/reconciler.py).
-            log.info("run %s: its tenant already has %d running runs (REGDIFF_MAX_RUNNING_RUNS); left queued",
-                     run_id, settings.max_running_runs)
-            return
-        claim = runs.claim_run(session=session, run_id=run_id, owner=owner, lease_seconds=settings.lease_seconds)
-    if not claim.won:
-        log.info("run %s: not claimable (done, cancelled or owned elsewhere); message dropped", run_id)
+    lease = claim(run_id, owner)
+    if lease is None:
         return
-    lease = leases.Lease(owner, claim.epoch)
-    if claim.attempts > settings.max_attempts:
-        _fail(run_id, lease, errors.worker_lost(settings.max_attempts))
+    partners = stacking.claim_partners(run_id, owner=owner, device=resolve_device(settings.device))
+    if partners:
+        stacking.train_stacked_runs([(run_id, lease), *partners])
         return
-    try:
-        # The heartbeat starts at the claim: loading the data and the checkpoint may outlast a lease.
-        with Heartbeat(Run, run_id, lease=lease) as beat:
-            _train(run_id, lease=lease, beat=beat)
-    except leases.LeaseLost:  # another claim owns the run now: every further write would be refused
-        log.warning("run %s: lease epoch %d lost; stopped without touching the run", run_id, lease.epoch)
-    except (DatabaseUnavailable, *TRANSIENT):
-        log.exception("run %s: the database is unreachable; giving the run back", run_id)
-        _give_back(run_id, lease, "the database was unreachable")
-    except NonFiniteLoss as exc:  # the user's settings, not a fault: no trace in the log
-        _fail(run_id, lease, errors.user_error(exc))
-    except Exception as exc:
-        log.exception("run %s failed", run_id)  # the exception and its text go to the log only
-        _fail(run_id, lease, errors.user_error(exc))
+    guarded(run_id, lease, lambda: _train_alone(run_id, lease))
 
 
-def _train(run_id: str, *, lease: leases.Lease, beat: Heartbeat) -> None:
-    settings = get_settings()
-    run_row, resume, init_weights = retrying(lambda: _load(run_id), f"run {run_id}: load")
-    tenant, spec_json, started = run_row
-    spec = RunSpec.model_validate(spec_json)
-    data = load_images(spec.dataset, tenant=tenant)
-    device = resolve_device(settings.device)
-    elapsed = time.time() - as_utc(started).timestamp() if started else 0.0
-    progress = _ProgressWriter(run_id, lease, settings.log_flush_seconds, TrainingPace(spec.train.batch_size))
-
-    def save(step: int, state: bytes, is_final: bool = False) -> str:
-        def write() -> str:
-            with session_scope() as session:
-                return runs.save_checkpoint(session=session, run_id=run_id, step=step, data=state, is_final=is_final,
-                                            keep=settings.keep_checkpoints, lease=lease)
-        return retrying(write, f"run {run_id}: checkpoint at step {step}")
-
-    resume_step = resume[0] if resume else 0
-    if resume is not None:
-        _write(run_id, "resumed event", lambda session: runs.add_event(
-            session=session, run_id=run_id, type="resumed", message=f"resumed from step {resume[0]}",
-            data={"step": resume[0], "checkpoint": resume[1]}, lease=lease))
-    limit = min(settings.run_time_limit_seconds, spec.time_limit_seconds or float("inf"))
-    beat.limit_to(limit - elapsed)
-    result = train(
-        spec, data, device=device,
-        hooks=TrainHooks(on_log=progress, on_checkpoint=save, should_stop=beat.should_stop),
-        resume=resume[2] if resume else None, init_weights=init_weights,
-    )
-    if result.stopped:
-        if beat.stop_reason == "shutdown":  # a warm shutdown: keep the steps done, then give the run back
-            if result.steps_done > resume_step:
-                save(result.steps_done, result.state)
-            _give_back(run_id, lease, "its worker was shutting down")
-            return
-        _stopped(run_id, lease, beat.stop_reason, result.steps_done, limit)
-        return
-    progress.final(result.steps_done, result.metrics)
-    images = sample_from_state(result.state, n=spec.preview.n, sampler=spec.preview.sampler,
-                               steps=spec.preview.steps, eta=0.0, seed=spec.preview.seed, device=device)
-    scores = evaluate_final(run_id, spec, result.state, data, device=device, lease=lease)  # None when off
-
-    def succeed(session) -> None:
-        ckpt_id = runs.save_checkpoint(session=session, run_id=run_id, step=result.steps_done,
-                                       data=result.state, is_final=True, keep=settings.keep_checkpoints,
-                                       lease=lease)
-        _add_preview(session, run_id, tenant, ckpt_id, spec, images)
-        runs.set_status(session=session, run_id=run_id, status="succeeded", expect=MINE, lease=lease,
-                        step=result.steps_done, evaluation=scores)
-
-    _write(run_id, "outcome", succeed)
+def _train_alone(run_id: str, lease: leases.Lease) -> None:
+    # The heartbeat starts at the claim: loading the data and the checkpoint may outlast a lease.
+    with Heartbeat(Run, run_id, lease=lease) as beat:
+        job = Job.load(run_id, lease, beat)
+        data = load_images(job.spec.dataset, tenant=job.tenant)
+        result = train(job.spec, data, device=job.device, hooks=job.hooks(), resume=job.resume_state,
+                       init_weights=job.init_weights)
+        job.conclude(result, data)
 
 
-def _load(run_id: str):
-    """((tenant, spec, started_at), (step, id, bytes) of the checkpoint to resume from or None, init weights)."""
-    with session_scope() as session:
-        run = runs.load_run(session=session, run_id=run_id)
-        resume = runs.latest_checkpoint(session=session, run_id=run_id)
-        init_weights = _init_weights(session, run.tenant, run.spec.get("init_from")) if resume is None else None
-        return ((run.tenant, run.spec, run.started_at), (resume.step, resume.id, resume.data) if resume else None,
-                init_weights)
-
-
-def _write(run_id: str, what: str, write):
-    """`write(session)` in one transaction, retried through a database blip (worker/retry.py); its result."""
-    return in_transaction(write, f"run {run_id}: {what}")
-
-
-def _init_weights(session, tenant: str, checkpoint_id: str | None) -> bytes | None:
-    if checkpoint_id is None:
-        return None
-    ckpt = runs.get_checkpoint(session=session, tenant=tenant, checkpoint_id=checkpoint_id)
-    if ckpt is None:
-        raise errors.SourceMissing(f"init_from: checkpoint {checkpoint_id!r} does not exist")
-    return ckpt.data
-
-
-def _add_preview(session, run_id: str, tenant: str, ckpt_id: str, spec: RunSpec, images: np.ndarray) -> None:
-    params = {"n": spec.preview.n, "sampler": spec.preview.sampler, "steps": spec.preview.steps,
-              "eta": 0.0, "seed": spec.preview.seed, "checkpoint": ckpt_id}
-    stored_samples.add_preview(session=session, tenant=tenant, run_id=run_id, checkpoint_id=ckpt_id, params=params,
-                               images_npz=npz_bytes(images), grid_png=grid_png(images))
-
-
-def _stopped(run_id: str, lease: leases.Lease, reason: str | None, step: int, limit: float) -> None:
-    if reason == "cancelled":
-        _finish(run_id, lease, "cancelled", f"cancelled at step {step}")
-    elif reason == "time_limit":
-        _fail(run_id, lease, errors.time_limit(limit, step))
-    else:  # lease lost: another worker owns the run now, leave it alone
-        log.warning("run %s: lease lost at step %d; stopping without touching it", run_id, step)
-
-
-def _finish(run_id: str, lease: leases.Lease, status: str, message: str, code: str | None = None) -> None:
-    """The run's outcome; `message` is user-facing (run.error), `code` goes into the status event."""
-    failed = status == "failed"
-    try:
-        _write(run_id, "outcome", lambda session: runs.set_status(
-            session=session, run_id=run_id, status=status, message=message, expect=MINE, lease=lease,
-            level="error" if failed else "info", error=message if failed else None,
-            event_data={"code": code} if code else None))
-    except DatabaseUnavailable:  # the lease expires and another claim decides the run
-        log.exception("run %s: could not record %s", run_id, status)
-
-
-def _fail(run_id: str, lease: leases.Lease, error: errors.UserError) -> None:
-    _finish(run_id, lease, "failed", str(error), code=error.code)
-
-
-def _give_back(run_id: str, lease: leases.Lease, reason: str) -> None:
-    """Back to the queue without spending an attempt, then a wake-up for the next worker."""
-    try:
-        given = _write(run_id, "give back", lambda session: runs.give_back(session=session, run_id=run_id,
-                                                                           lease=lease, reason=reason))
-    except DatabaseUnavailable:  # the lease expires and the reconciler queues the run again
-        log.exception("run %s: could not give the run back", run_id)
-        return
-    if not given:  # another claim owns the run (and has its message), or the run ended or is gone
-        log.warning("run %s: lease epoch %d lost before the give-back; not re-enqueued", run_id, lease.epoch)
-        return
-    try:
-        enqueue_train(run_id)
-    except Exception:
-        log.exception("run %s: could not enqueue; the reconciler will", run_id)
-
-
-class _ProgressWriter:
-    """on_log hook: at most one database write per `interval` seconds (throttled)."""
-
-    def __init__(self, run_id: str, lease: leases.Lease, interval: float, pace: TrainingPace):
-        self.run_id, self.lease, self.interval, self.pace, self._last = run_id, lease, interval, pace, 0.0
-        self.written: int | None = None  # the step of this claim's latest write
-
-    def final(self, step: int, metrics: dict[str, float]) -> None:
-        """The end of training: the last step, unless its log write already recorded it (a second
-        write repeated the step in the metric series) or this claim trained no step (a run given
-        back at its last step and resumed there: `metrics` is empty, and writing it would wipe the
-        run's metrics)."""
-        if metrics and step != self.written:
-            self.flush(step, metrics)
-
-    def __call__(self, step: int, metrics: dict[str, float]) -> None:
-        if time.monotonic() - self._last >= self.interval:
-            self.flush(step, metrics)
-
-    def flush(self, step: int, metrics: dict[str, float]) -> None:
-        self._last = time.monotonic()
-        self.pace.observe(step)
-        _write(self.run_id, f"progress at step {step}", lambda session: runs.record_progress(
-            session=session, run_id=self.run_id, step=step, metrics=metrics, lease=self.lease))
-        self.written = step

@@ -21,10 +21,10 @@ from tests.live import free_port
 from tests.store.test_reconciler import _reset_caches, backend  # noqa: F401  (the fixture: a migrated database per backend)
 from worker.celery_app import waiting_messages
 from worker.evaluation import evaluate_final
+from worker.jobs import _give_back, _ProgressWriter
 from worker.metrics import TrainingPace
 from worker.retry import DatabaseUnavailable
 from worker.samples import _give_back as give_back_sample
-from worker.training import _give_back, _ProgressWriter
 
 
 def _claimed(owner: str = "a") -> tuple[str, Lease]:
