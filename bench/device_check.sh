@@ -9,10 +9,11 @@
 #   (b) tp128      bench/train_throughput.py --device cuda --batch 128: anchor vs regdiff eager vs regdiff
 #                  CUDA graphs (vanilla, tweedie, ddim K=2/4), bf16; 3 interleaved rounds, spread shown
 #   (c) tp512      the same at batch 512, 2 rounds, plus DDIM-50 sampling images/s (DDIMPipeline anchor)
+#   (e) sweep8     bench/sweep_throughput.py: an 8-point lambda sweep as one stacked model vs 8 sequential runs
 #   (d) sweep      only with LAMBDA_SWEEP=1: bench/lambda_sweep.py on mnist-5k / unet-s (science, not perf)
-# Outputs under $OUT (one folder deep): log.txt (everything), throughput_128.md, throughput_512.md and,
+# Outputs under $OUT (one folder deep): log.txt (everything), throughput_128.md, throughput_512.md, sweep8.md and,
 # with LAMBDA_SWEEP=1, sweep/sweep.{md,json,png}; each bench rewrites its file after every variant.
-# Budget: stage limits 60 + 200 + 260 s plus ~20 s of install and versions: at most ~540 s.
+# Budget: stage limits 50 + 170 + 190 + 100 s plus ~20 s of install and versions: at most ~530 s.
 set -u -o pipefail
 
 OUT="${OUT:-/tmp/regdiff-device-out}"
@@ -58,22 +59,25 @@ if [ "${BENCH_DEVICE:-cuda}" = cpu ]; then  # a rehearsal of this script on a CP
   SMOKE=(--device cpu --dataset digits --preset unet-xs --batch 32 --steps 6)
   TP128=(--device cpu --batch 32 --warmup 2 --steps 3 --repeats 2 --only anchor,vanilla,tweedie,ddim2-g1)
   TP512=(--device cpu --batch 64 --warmup 2 --steps 2 --repeats 2 --only anchor,vanilla --sample 8)
+  SWEEP8=(--device cpu --points 3 --batch 16 --warmup 2 --steps 2 --rounds 1)
   SWEEP=(--device cpu --dataset digits --preset unet-xs --steps 10 --eval-samples 16 --eval-steps 5
          --classifier-steps 20 --lambdas 0,1)
 else
   SMOKE=(--device cuda)
   TP128=(--device cuda --batch 128 --warmup 10 --steps 40 --repeats 3)
   TP512=(--device cuda --batch 512 --warmup 6 --steps 20 --repeats 2 --sample 512)
+  SWEEP8=(--device cuda --points 8 --batch 128 --warmup 10 --steps 30 --rounds 2)
   SWEEP=(--device cuda --dataset mnist-5k --preset unet-s --steps "$SWEEP_STEPS" --eval-samples 256)
 fi
-stage smoke 60 python3 bench/cuda_smoke.py "${SMOKE[@]}" --cache-dir "$CACHE"
-stage tp128 200 python3 bench/train_throughput.py "${TP128[@]}" --cache-dir "$CACHE" --out "$OUT/throughput_128.md"
-stage tp512 260 python3 bench/train_throughput.py "${TP512[@]}" --cache-dir "$CACHE" --out "$OUT/throughput_512.md"
+stage smoke 50 python3 bench/cuda_smoke.py "${SMOKE[@]}" --cache-dir "$CACHE"
+stage tp128 170 python3 bench/train_throughput.py "${TP128[@]}" --cache-dir "$CACHE" --out "$OUT/throughput_128.md"
+stage tp512 190 python3 bench/train_throughput.py "${TP512[@]}" --cache-dir "$CACHE" --out "$OUT/throughput_512.md"
+stage sweep8 100 python3 bench/sweep_throughput.py "${SWEEP8[@]}" --cache-dir "$CACHE" --out "$OUT/sweep8.md"
 if [ "${LAMBDA_SWEEP:-0}" = 1 ]; then
   stage sweep 290 python3 bench/lambda_sweep.py "${SWEEP[@]}" --cache-dir "$CACHE" --out "$OUT/sweep"
 fi
 
-for f in throughput_128.md throughput_512.md sweep/sweep.md; do
+for f in throughput_128.md throughput_512.md sweep8.md sweep/sweep.md; do
   [ -f "$OUT/$f" ] && { echo; echo "=== $f"; cat "$OUT/$f"; }
 done
 echo "=== done in $(( $(date +%s) - T0 ))s: ${SUMMARY:-}"

@@ -109,7 +109,7 @@ def test_init_weights_keeps_the_ema_and_starts_from_it(digits):
         train(tiny(steps=1, train={"lr": 1e-8, "seed": 5}), digits, device="cpu", init_weights=checkpoint.to_bytes(base)).state
     )
     assert tuned.ema_step == 7
-    decay = 6 / 7  # documented warm-up 1 - 1 / (1 + k) at k = 6, below ema_decay 0.999
+    decay = 0.11100364132908525  # documented warm-up 1 - (1 + k/150)^-3 at k = 6, below ema_decay 0.999
     for key in base.ema:
         torch.testing.assert_close(tuned.model[key], base.ema[key], atol=1e-6, rtol=0)
         expected = decay * base.ema[key] + (1 - decay) * tuned.model[key]
@@ -131,18 +131,18 @@ def test_check_compatible_names_every_differing_model_field(digits):
 
 
 def test_ema_moves_toward_the_weights_at_the_documented_rate(digits):
-    """decay(k) = min(ema_decay, 1 - 1/(1 + k)) for update k (0-based): the first update copies
+    """decay(k) = min(ema_decay, 1 - (1 + k/150)^-3) for update k (0-based): the first update copies
     the weights, then ema_{k+1} = decay(k) ema_k + (1 - decay(k)) weights_{k+1}."""
     saved = {}
     train(
-        tiny(steps=3, checkpoint_every=1, train={"ema_decay": 0.6, "lr": 1e-2}),
+        tiny(steps=3, checkpoint_every=1, train={"ema_decay": 0.03, "lr": 1e-2}),
         digits,
         device="cpu",
         hooks=TrainHooks(on_checkpoint=lambda step, state: saved.__setitem__(step, checkpoint.from_bytes(state))),
     )
     for key in saved[1].ema:
         torch.testing.assert_close(saved[1].ema[key], saved[1].model[key], atol=0, rtol=0)
-    for k, decay in ((1, 0.5), (2, 0.6)):  # 1 - 1/2; 1 - 1/3 capped at ema_decay 0.6
+    for k, decay in ((1, 0.019736266940772462), (2, 0.03)):  # 1 - (151/150)^-3; 0.039 capped at ema_decay 0.03
         ema, weights, moved = saved[k].ema, saved[k + 1].model, saved[k + 1].ema
         assert not all(torch.equal(moved[key], weights[key]) for key in moved)
         for key in moved:
@@ -236,7 +236,7 @@ def test_logs_and_cooperative_stop(digits):
         "lr",
         "ema_horizon",
     }
-    assert result.metrics["ema_horizon"] == pytest.approx(4)  # update k=3: decay 3/4
+    assert result.metrics["ema_horizon"] == pytest.approx(1.061208)  # update k=3: (1 + 3/150)^3
     assert all(np.isfinite(v) for v in result.metrics.values())
     assert checkpoint.from_bytes(result.state).step == 4
 
