@@ -16,12 +16,15 @@ pytestmark = pytest.mark.service
 
 
 @pytest.fixture(scope="module")
-def stacking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    service: Service  # each point of a stack is one of its tenant's running runs: room for eight
-    for service in _start("postgres-redis", tmp_path_factory, REGDIFF_SWEEP_BATCHING="on",
-                          REGDIFF_MAX_RUNNING_RUNS="16"):
-        with httpx.Client(base_url=service.url, timeout=30, headers={"X-Regdiff-Client": "1"}) as client:
-            yield client
+def stacking_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    # each point of a stack is one of its tenant's running runs: room for eight
+    yield from _start("postgres-redis", tmp_path_factory, REGDIFF_SWEEP_BATCHING="on", REGDIFF_MAX_RUNNING_RUNS="16")
+
+
+@pytest.fixture(scope="module")
+def stacking(stacking_service: Service) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stacking_service.url, timeout=30, headers={"X-Regdiff-Client": "1"}) as client:
+        yield client
 
 
 def events(client: httpx.Client, run_id: str, kind: str) -> list[dict]:
@@ -76,3 +79,25 @@ def test_a_sweep_whose_points_cannot_share_a_stack_trains_them_alone_and_says_wh
         assert not events(stacking, run["id"], "stacked")
         (alone,) = events(stacking, run["id"], "unstacked")
         assert "points differ in train.batch_size" in alone["message"], alone
+
+
+def test_a_stack_given_back_by_a_warm_shutdown_resumes_as_a_stack(stacking_service, stacking):
+    """SIGTERM mid-stack: every point checkpoints its own state and goes back to the queue; the next
+    worker restacks them (same resume step) and each finishes without spending an attempt."""
+    base = {**TINY_RUN, "train": {"steps": 60, "batch_size": 8, "log_every": 1}, "checkpoint_every": 1000}
+    created = stacking.post("/v1/sweeps", json={"base": base, "vary": {"lambda": [0, 1]}})
+    assert created.status_code == 201, created.text
+    ids = [run["id"] for run in created.json()["runs"]]
+    wait_until(lambda: all(stacking.get(f"/v1/runs/{run_id}").json()["step"] > 0 for run_id in ids), timeout=180)
+    assert stacking_service.stop_worker() == 0
+    saved = {run_id: stacking.get(f"/v1/runs/{run_id}/checkpoints").json()["data"] for run_id in ids}
+    assert all(stacking.get(f"/v1/runs/{run_id}").json()["status"] == "queued" for run_id in ids)
+    assert len({checkpoints[0]["step"] for checkpoints in saved.values()}) == 1, "one stack, one step"
+    stacking_service.start_worker()
+
+    for run_id in ids:
+        done = wait_for(stacking, run_id, timeout=600)
+        assert done["status"] == "succeeded", done["error"]
+        assert done["step"] == 60 and done["attempts"] == 1
+        assert [e["data"]["step"] for e in events(stacking, run_id, "resumed")] == [saved[run_id][0]["step"]]
+        assert len(events(stacking, run_id, "stacked")) == 2, "stacked before the shutdown and after it"
