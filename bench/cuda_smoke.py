@@ -11,7 +11,9 @@ directly and fails loudly (exit 1) on a non-finite loss, a wrong dtype or a brok
   2. ddim K=4, backprop through a random cut of the last 2 calls, gradient checkpointing, t_max 200;
   3. 64 samples with each sampler (ddpm, ddim, dpm_solver; 10 steps), uint8 and not constant;
   4. CUDA only: host syncs per training step, counted with torch.cuda.set_sync_debug_mode("warn")
-     over 5 and 15 steps with no log step in between (the trainer promises none outside logging).
+     over 5 and 15 steps with no log step in between (the trainer promises none outside logging);
+  5. three sweep points (lambda 0, tweedie, ddim K=2) as one stacked model (models/stacked.py, on CUDA
+     its step captured as a graph) against each trained alone: the weights must agree.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from models.datasets import ImageSet, load_builtin
 from models.devices import resolve_device
 from models.samplers import SAMPLERS, sample_from_state
 from models.spec import RunSpec
+from models.stacked import StackedPoint, train_stacked
 from models.trainer import train, uses_bf16
 
 
@@ -122,6 +125,18 @@ def main(argv: list[str] | None = None) -> int:
             ("ddim K=4 g1 t<1000", {"estimator": {"kind": "ddim", "steps": 4}, "reg_schedule": {"t_max": 1000}}),
         ]:
             print(f"syncs/step {label}: {syncs_per_step(args, data, device, **over):.2f}", flush=True)
+    # 5. A sweep's points as one stack against each alone (grouped kernels round differently, and
+    #    AdamW turns that into steps of up to lr where a gradient is ~0: a loose bound, gross errors only).
+    points = [spec(args, train={"steps": min(args.steps, 20), "seed": i}, **over) for i, over in enumerate([
+        {"lambda": 0.0}, {"reg_schedule": {"t_max": 1000}}, {"estimator": {"kind": "ddim", "steps": 2}}])]
+    stacked = train_stacked([StackedPoint(point) for point in points], data, device=device)
+    for point, together in zip(points, stacked, strict=True):
+        alone = checkpoint.from_bytes(train(point, data, device=device).state)
+        mine = checkpoint.from_bytes(together.state)
+        worst = max((mine.model[k] - alone.model[k]).abs().max().item() for k in alone.model)
+        print(f"{'ok ' if worst < 1e-2 else 'BAD'} stacked vs alone, lambda {point.lambda_} {point.estimator.kind}:"
+              f" max weight difference {worst:.2e}")
+        assert worst < 1e-2, "a stacked point drifted from the same run alone"
     print(f"SMOKE OK in {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -4,7 +4,7 @@
 #     bash bench/device_check.sh            # about 7-8 minutes on an H100/H200; give the call timeout_s 600
 #
 # Stages, each time-boxed with `timeout` and run whatever the previous one did:
-#   (a) smoke      bench/cuda_smoke.py: precision auto = fp32, bf16, graphs vs eager, ddim + checkpointing,
+#   (a) smoke      bench/cuda_smoke.py: precision auto = fp32, bf16, graphs vs eager, ddim + checkpointing, stacked vs alone,
 #                  samplers, host syncs per step
 #   (b) tp128      bench/train_throughput.py --device cuda --batch 128: anchor vs regdiff eager vs regdiff
 #                  CUDA graphs (vanilla, tweedie, ddim K=2/4), bf16; 3 interleaved rounds, spread shown
@@ -13,7 +13,7 @@
 #   (d) sweep      only with LAMBDA_SWEEP=1: bench/lambda_sweep.py on mnist-5k / unet-s (science, not perf)
 # Outputs under $OUT (one folder deep): log.txt (everything), throughput_128.md, throughput_512.md, sweep8.md and,
 # with LAMBDA_SWEEP=1, sweep/sweep.{md,json,png}; each bench rewrites its file after every variant.
-# Budget: stage limits 50 + 170 + 190 + 100 s plus ~20 s of install and versions: at most ~530 s.
+# Budget: stage limits 60 + 170 + 180 + 100 s plus ~20 s of install and versions: at most ~530 s.
 set -u -o pipefail
 
 OUT="${OUT:-/tmp/regdiff-device-out}"
@@ -69,9 +69,9 @@ else
   SWEEP8=(--device cuda --points 8 --batch 128 --warmup 10 --steps 30 --rounds 2)
   SWEEP=(--device cuda --dataset mnist-5k --preset unet-s --steps "$SWEEP_STEPS" --eval-samples 256)
 fi
-stage smoke 50 python3 bench/cuda_smoke.py "${SMOKE[@]}" --cache-dir "$CACHE"
+stage smoke 60 python3 bench/cuda_smoke.py "${SMOKE[@]}" --cache-dir "$CACHE"
 stage tp128 170 python3 bench/train_throughput.py "${TP128[@]}" --cache-dir "$CACHE" --out "$OUT/throughput_128.md"
-stage tp512 190 python3 bench/train_throughput.py "${TP512[@]}" --cache-dir "$CACHE" --out "$OUT/throughput_512.md"
+stage tp512 180 python3 bench/train_throughput.py "${TP512[@]}" --cache-dir "$CACHE" --out "$OUT/throughput_512.md"
 stage sweep8 100 python3 bench/sweep_throughput.py "${SWEEP8[@]}" --cache-dir "$CACHE" --out "$OUT/sweep8.md"
 if [ "${LAMBDA_SWEEP:-0}" = 1 ]; then
   stage sweep 290 python3 bench/lambda_sweep.py "${SWEEP[@]}" --cache-dir "$CACHE" --out "$OUT/sweep"
