@@ -4,7 +4,6 @@ digits, and evaluate() telling real data from noise in a JSON-able report."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -13,25 +12,12 @@ from safetensors.torch import load as load_tensors
 from scipy import linalg, stats
 
 from models import evaluation
-from models.datasets import ImageSet, load_builtin, to_tensor
+from models.datasets import ImageSet, to_tensor
 from models.regularizers import REGISTRY
 
 RNG = np.random.default_rng(0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """These convs are tiny: on a busy 2-core box two intra-op threads stall each other (measured
-    4-14x slower than one thread under load, 25% faster when idle), so train with one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def digits() -> ImageSet:
-    return load_builtin("digits")
 
 
 @pytest.fixture(scope="module")

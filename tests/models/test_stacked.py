@@ -11,23 +11,9 @@ import pytest
 import torch
 
 from models import checkpoint
-from models.datasets import load_builtin
 from models.spec import RunSpec
 from models.stacked import StackedPoint, stack_differences, stack_key, train_stacked
 from models.trainer import NonFiniteLoss, TrainHooks, TrainResult, train
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_builtin("digits")
 
 
 def point(steps=6, **overrides) -> RunSpec:

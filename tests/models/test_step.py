@@ -18,15 +18,6 @@ from models.spec import RunSpec
 from models.step import StepInputs
 from models.trainer import _penalty, autocast_call, uses_bf16, uses_graphs
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 HOST_READS = ("item", "tolist", "nonzero", "_local_scalar_dense", "_assert_scalar", "cpu", "numpy")
 
 KINDS = {

@@ -6,27 +6,12 @@ import safetensors.torch
 import torch
 
 from models import checkpoint, regularizers, validation
-from models.datasets import ImageSet, load_builtin, to_tensor
+from models.datasets import ImageSet, to_tensor
 from models.devices import resolve_device
 from models.regularizers import TotalVariation
 from models.samplers import sample_from_state
 from models.spec import FieldError, RunSpec
 from models.trainer import NonFiniteLoss, TrainHooks, train, update_ema
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast as two, and does not collapse when other
-    processes share the 2 CPU cores (two threads then wait on each other at every op)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_builtin("digits")
 
 
 def tiny(steps=4, **overrides):
