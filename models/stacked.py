@@ -90,7 +90,7 @@ def train_stacked(points: list[StackedPoint], data: ImageSet, *, device: str | t
     resumes = [point.resume for point in points]
     while len(outcomes) < len(points):
         active = [i for i in range(len(points)) if i not in outcomes]
-        stack = _Stack([dataclasses.replace(points[i], resume=resumes[i]) for i in active], images, device)
+        stack = Stack([dataclasses.replace(points[i], resume=resumes[i]) for i in active], images, device)
         left = stack.train_until_one_leaves()
         for local, i in enumerate(active):
             if local in left:
@@ -100,7 +100,7 @@ def train_stacked(points: list[StackedPoint], data: ImageSet, *, device: str | t
     return [outcomes[i] for i in range(len(points))]
 
 
-class _Stack:
+class Stack:
     """P runs as stacked tensors: parameter i of every point in one (P, ...) tensor."""
 
     def __init__(self, points: list[StackedPoint], images: Tensor, device: torch.device):
@@ -157,18 +157,22 @@ class _Stack:
         weights = {name: param[p] for name, param in zip(self.names, self.params, strict=True)}
         return lambda x, t: self.one(weights, x, t)
 
-    def step(self, with_penalty: Hashable) -> None:
-        """One training step of every point: `with_penalty` is the tuple of each point's
-        objective.applies(step) (a key of GraphedStep's graphs)."""
+    def losses(self, with_penalty: tuple[bool, ...]) -> list[LossParts]:
+        """Every point's loss on its filled inputs: one vmapped forward pass, then each point's own
+        objective (`with_penalty`: each point's objective.applies(step))."""
         shape = self.x0.shape
         x_t = self.schedule.add_noise(self.x0.flatten(0, 1), self.t.flatten(), self.noise.flatten(0, 1)).view(shape)
         output = self.all(dict(zip(self.names, self.params, strict=True)), x_t, self.t)  # (P, B, C, H, W)
-        parts: list[LossParts] = []
-        for p, (run, inputs, penalised) in enumerate(zip(self.runs, self.inputs, with_penalty, strict=True)):
-            parts.append(run.objective.loss(
-                self.point_net(p), inputs.x0, inputs.t, inputs.noise, x_t[p], output[p],
-                lam_eff=inputs.lam_eff if penalised else None, cut=inputs.cut,
-            ))
+        return [
+            run.objective.loss(self.point_net(p), inputs.x0, inputs.t, inputs.noise, x_t[p], output[p],
+                               lam_eff=inputs.lam_eff if penalised else None, cut=inputs.cut)
+            for p, (run, inputs, penalised) in enumerate(zip(self.runs, self.inputs, with_penalty, strict=True))
+        ]
+
+    def step(self, with_penalty: Hashable) -> None:
+        """One training step of every point: `with_penalty` is the tuple of each point's
+        objective.applies(step) (a key of GraphedStep's graphs)."""
+        parts = self.losses(with_penalty)
         self.optimizer.zero_grad(set_to_none=True)
         torch.stack([part.total for part in parts]).sum().backward()  # point p's loss reaches only its slice
         grad_norms = self._clip()

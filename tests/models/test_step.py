@@ -12,9 +12,11 @@ import torch
 from pydantic import ValidationError
 
 from models import networks
+from models.datasets import to_tensor
 from models.objective import Objective
 from models.schedule import make_schedule
 from models.spec import RunSpec
+from models.stacked import Stack, StackedPoint
 from models.step import StepInputs
 from models.trainer import _penalty, autocast_call, uses_bf16, uses_graphs
 
@@ -42,29 +44,55 @@ def test_the_loss_traces_as_one_graph_and_matches_eager(kind):
         parts = objective(call_net, x0, t, noise, lam_eff=lam_eff, cut=cut)
         return torch.stack([parts.total, parts.penalty_weighted, parts.penalty_count])
 
+    eager = traces_as_one_graph_like_eager(loss, (inputs.x0, inputs.t, inputs.noise, inputs.lam_eff, inputs.cut),
+                                           list(net.parameters()))
+    assert eager[1] > 0, "the penalty took part"
+
+
+def test_a_stacked_sweeps_loss_traces_as_one_graph_and_matches_eager(digits):
+    """models/stacked.py: the vmapped forward pass and each point's objective (vanilla, tweedie,
+    ddim with a random cut) trace as one graph with no host read: on CUDA the stack's step is
+    captured as one CUDA graph like a single run's."""
+    tweedie = {"estimator": {"kind": "tweedie"}, "reg_schedule": {"t_max": 1000}}  # no warm-up: lam_eff > 0 now
+    specs = [RunSpec.model_validate({"lambda": lam, "train": {"batch_size": 4}, **kind})
+             for lam, kind in ((0.0, {}), (1.0, tweedie), (1.0, KINDS["ddim"]))]
+    stack = Stack([StackedPoint(spec) for spec in specs], to_tensor(digits.images), torch.device("cpu"))
+    with_penalty = tuple(run.fill(inputs) for run, inputs in zip(stack.runs, stack.inputs, strict=True))
+    assert with_penalty == (False, True, True) and stack.inputs[2].cut is not None
+
+    def losses():
+        return torch.stack([parts.total for parts in stack.losses(with_penalty)])
+
+    eager = traces_as_one_graph_like_eager(losses, (), stack.params)
+    assert eager[1] > eager[0] and eager[2] > eager[0], "the penalties took part"
+
+
+def traces_as_one_graph_like_eager(fn, args: tuple, params: list[torch.Tensor]) -> torch.Tensor:
+    """fn(*args) -> values (values[0] is backpropagated into `params`) eagerly and under
+    torch.compile(fullgraph=True): one graph, no host read in it, the same values and gradients."""
     graphs = []
 
     def one_graph_backend(gm, example_inputs):
         graphs.append(gm)
         return gm.forward  # run the traced graph eagerly
 
-    args = (inputs.x0, inputs.t, inputs.noise, inputs.lam_eff, inputs.cut)
     results = []
-    for fn in (loss, torch.compile(loss, fullgraph=True, backend=one_graph_backend)):
-        net.zero_grad()
-        values = fn(*args)
+    for run in (fn, torch.compile(fn, fullgraph=True, backend=one_graph_backend)):
+        for param in params:
+            param.grad = None
+        values = run(*args)
         values[0].backward()
-        results.append((values.detach(), [p.grad.clone() for p in net.parameters()]))
+        results.append((values.detach(), [param.grad.clone() for param in params]))
     torch._dynamo.reset()
     assert len(graphs) == 1
     targets = [str(node.target) for node in graphs[0].graph.nodes]  # "item", "aten._assert_scalar.default"
     reads = [name for name in targets if any(part in HOST_READS for part in name.split("."))]
     assert reads == [], f"host reads inside the step: {reads}"
     (eager, eager_grads), (traced, traced_grads) = results
-    assert eager[1] > 0, "the penalty took part"
     torch.testing.assert_close(traced, eager)
     for got, want in zip(traced_grads, eager_grads, strict=True):
         torch.testing.assert_close(got, want)
+    return eager
 
 
 def test_speed_defaults_per_device_and_preset():
