@@ -11,7 +11,7 @@ non-finite watch and its checkpoints, which are ordinary single-run checkpoints.
 the same numbers as `train` alone, up to float rounding (tests/models/test_stacked.py).
 
 Measured on the CPU (2 cores, 1 torch thread, digits, unet-xs, batch 64): an 8-point stack trained at
-0.96x [0.95, 0.97] the images/s of the 8 runs one after another (bench/sweep_throughput.py), so the
+0.93x [0.92, 1.00] the images/s of the 8 runs one after another (bench/sweep_throughput.py), so the
 worker stacks a sweep on CUDA only unless told to (REGDIFF_SWEEP_BATCHING, worker/stacking.py).
 
 A point that stops (cancelled, time limit, lease lost), fails (non-finite loss) or ends (a shorter

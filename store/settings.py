@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     sweep_batching: Literal["auto", "on", "off"] = Field(
         "auto", description="train a sweep's waiting points that share dataset, model, batch size, lr, precision"
         " and compile in one worker as one stacked model (models/stacked.py), each still its own run. auto: on"
-        " CUDA only (on 2 CPU cores an 8-point stack measured 0.96x the images/s of separate runs); on:"
+        " CUDA only (on 2 CPU cores an 8-point stack measured 0.93x the images/s of separate runs); on:"
         " everywhere; off: never")
     sweep_batch_max: int = Field(16, ge=2, description="most points one stacked model trains together")
 

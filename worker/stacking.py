@@ -12,7 +12,7 @@ while stacking is on says why ("unstacked": its sweep's points differ in a share
 other point was waiting).
 
 REGDIFF_SWEEP_BATCHING: auto stacks on CUDA only, where a small UNet leaves the GPU mostly idle;
-on 2 CPU cores an 8-point stack ran at 0.96x the images/s of the runs one after another
+on 2 CPU cores an 8-point stack ran at 0.93x the images/s of the runs one after another
 (bench/sweep_throughput.py), so there `on` is for tests and for a user who wants one process.
 """
 
