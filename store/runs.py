@@ -141,6 +141,10 @@ def add_event(
     session.add(RunEvent(run_id=run_id, type=type, level=level, message=message, data=data))
 
 
+def has_event(*, session: Session, run_id: str, type: str) -> bool:
+    return session.scalar(select(RunEvent.id).where(RunEvent.run_id == run_id, RunEvent.type == type).limit(1)) is not None
+
+
 def list_events(*, session: Session, run_id: str, after: int = 0, limit: int = 100) -> tuple[list[RunEvent], bool]:
     rows = list(
         session.scalars(

@@ -68,7 +68,7 @@ def guarded(run_id: str, lease: leases.Lease, work: Callable[[], None]) -> None:
         log.warning("run %s: lease epoch %d lost; stopped without touching the run", run_id, lease.epoch)
     except (DatabaseUnavailable, *TRANSIENT):
         log.exception("run %s: the database is unreachable; giving the run back", run_id)
-        _give_back(run_id, lease, "the database was unreachable")
+        give_back(run_id, lease, "the database was unreachable")
     except NonFiniteLoss as exc:  # the user's settings, not a fault: no trace in the log
         _fail(run_id, lease, errors.user_error(exc))
     except Exception as exc:
@@ -126,7 +126,7 @@ class Job:
             if self.beat.stop_reason == "shutdown":  # a warm shutdown: keep the steps done, then give the run back
                 if result.steps_done > (self.resume[0] if self.resume else 0):
                     self.save(result.steps_done, result.state)
-                _give_back(run_id, lease, "its worker was shutting down")
+                give_back(run_id, lease, "its worker was shutting down")
                 return
             _stopped(run_id, lease, self.beat.stop_reason, result.steps_done, self.limit)
             return
@@ -202,7 +202,7 @@ def _fail(run_id: str, lease: leases.Lease, error: errors.UserError) -> None:
     _finish(run_id, lease, "failed", str(error), code=error.code)
 
 
-def _give_back(run_id: str, lease: leases.Lease, reason: str) -> None:
+def give_back(run_id: str, lease: leases.Lease, reason: str) -> None:
     """Back to the queue without spending an attempt, then a wake-up for the next worker."""
     try:
         given = _write(run_id, "give back", lambda session: runs.give_back(session=session, run_id=run_id,

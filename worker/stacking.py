@@ -32,10 +32,11 @@ from store.settings import get_settings
 from store.tables import Run
 from worker.data import load_images
 from worker.heartbeat import Heartbeat
-from worker.jobs import Job, claim, guarded
+from worker.jobs import Job, claim, give_back, guarded
 from worker.retry import in_transaction
 
 log = logging.getLogger(__name__)
+STACK_FAILED = "stack_failed"  # the event that keeps a run out of stacks from then on
 
 
 def enabled(device: torch.device) -> bool:
@@ -73,6 +74,8 @@ def _candidates(run_id: str) -> tuple[list[str], str | None]:
         siblings = runs.sweep_siblings(session=session, run=run)
         if not siblings:
             return [], None
+        if runs.has_event(session=session, run_id=run_id, type=STACK_FAILED):
+            return [], "its stack failed before, so it trains alone"
         spec = RunSpec.model_validate(run.spec)
         key, step = stack_key(spec), runs.checkpoint_step(session, run_id)
         joinable, differing = [], set()
@@ -80,7 +83,8 @@ def _candidates(run_id: str) -> tuple[list[str], str | None]:
             other = RunSpec.model_validate(sibling.spec)
             differing.update(stack_differences(spec, other))
             if (key is not None and sibling.status == "queued" and stack_key(other) == key
-                    and runs.checkpoint_step(session, sibling.id) == step):
+                    and runs.checkpoint_step(session, sibling.id) == step
+                    and not runs.has_event(session=session, run_id=sibling.id, type=STACK_FAILED)):
                 joinable.append(sibling.id)
     if joinable:
         return joinable, None
@@ -135,9 +139,10 @@ def train_stacked_runs(claims: list[tuple[str, leases.Lease]]) -> None:
             data = load_images(jobs[0].spec.dataset, tenant=jobs[0].tenant)
             points = [StackedPoint(job.spec, isolated.as_hooks(), job.resume_state) for job, isolated in zip(jobs, hooks)]
             outcomes = train_stacked(points, data, device=jobs[0].device)
-        except Exception as exc:  # the stack itself broke: every point ends with it
+        except Exception as exc:  # the stack itself broke (not one point's NaN or hook: those are per point)
+            log.exception("a stack of %d runs failed; each goes back to the queue to train alone", len(jobs))
             for job in jobs:
-                guarded(job.run_id, job.lease, lambda exc=exc: _raise(exc))
+                guarded(job.run_id, job.lease, lambda job=job, exc=exc: _unstack(job, exc))
             return
         for job, isolated, outcome in zip(jobs, hooks, outcomes, strict=True):
             guarded(job.run_id, job.lease,
@@ -153,5 +158,12 @@ def _load_stacked(run_id: str, lease: leases.Lease, beat: Heartbeat, others: lis
     return job
 
 
-def _raise(exc: Exception) -> None:
-    raise exc
+def _unstack(job: Job, exc: Exception) -> None:
+    """Back to the queue without spending an attempt, marked so that its next claim trains it alone
+    from its latest checkpoint: a stack that cannot train (say, a kernel the stacked model lacks on
+    this device) must not fail runs that train fine alone."""
+    in_transaction(lambda session: runs.add_event(
+        session=session, run_id=job.run_id, type=STACK_FAILED, level="warning", lease=job.lease,
+        message=f"its stack failed ({type(exc).__name__}); it trains alone from its latest checkpoint"),
+        f"run {job.run_id}: stack failed event")
+    give_back(job.run_id, job.lease, "its stack failed")

@@ -21,7 +21,7 @@ from tests.live import free_port
 from tests.store.test_reconciler import _reset_caches, backend  # noqa: F401  (the fixture: a migrated database per backend)
 from worker.celery_app import waiting_messages
 from worker.evaluation import evaluate_final
-from worker.jobs import _give_back, _ProgressWriter
+from worker.jobs import _ProgressWriter, give_back
 from worker.metrics import TrainingPace
 from worker.retry import DatabaseUnavailable
 from worker.samples import _give_back as give_back_sample
@@ -86,7 +86,7 @@ def test_a_give_back_after_the_lease_was_lost_sends_no_message(backend):  # noqa
     with db.session_scope() as session:  # a froze past its lease; b took the run over
         session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=leases.db_time(-1.0)))
         live = runs.claim_run(session=session, run_id=run_id, owner="b", lease_seconds=60)
-    _give_back(run_id, stale, "its worker was shutting down")  # a wakes into a warm shutdown
+    give_back(run_id, stale, "its worker was shutting down")  # a wakes into a warm shutdown
     with db.session_scope() as session:
         run = session.get(Run, run_id)
         assert (run.status, run.lease_owner, run.lease_epoch) == ("running", "b", live.epoch)
