@@ -9,7 +9,8 @@ ordinary runs: a cancel stops only its point, a NaN fails only its point, a warm
 each point back with its own checkpoint, and the next claim restacks the points that resume from
 one step. Every run of a stack says so in its events ("stacked"); a sweep point that trains alone
 while stacking is on says why ("unstacked": its sweep's points differ in a shared field, or no
-other point was waiting).
+other point was waiting). A stack that breaks as a whole (not one point's NaN) gives every point
+back without spending an attempt, marked ("stack_failed") to train alone from then on.
 
 REGDIFF_SWEEP_BATCHING: auto stacks on CUDA only, where a small UNet leaves the GPU mostly idle;
 on 2 CPU cores an 8-point stack ran at 0.93x the images/s of the runs one after another
