@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -78,9 +78,17 @@ class StackedPoint:
 Outcome = TrainResult | NonFiniteLoss
 
 
-def train_stacked(points: list[StackedPoint], data: ImageSet, *, device: str | torch.device = "auto") -> list[Outcome]:
+def train_stacked(
+    points: list[StackedPoint],
+    data: ImageSet,
+    *,
+    device: str | torch.device = "auto",
+    on_outcome: Callable[[int, Outcome], None] = lambda index, outcome: None,
+) -> list[Outcome]:
     """Train the points together; per point, in order, its TrainResult (ended or stopped) or the
-    NonFiniteLoss that failed it. Raises ValueError when the points cannot share a stack."""
+    NonFiniteLoss that failed it. `on_outcome(index, outcome)` is called as each point leaves, while
+    the others train on: a point that ends early is done then, not when the last one ends. Raises
+    ValueError when the points cannot share a stack."""
     keys = {stack_key(point.spec) for point in points}
     if len(keys) != 1 or None in keys:
         raise ValueError(f"points differ in {stack_differences(points[0].spec, points[-1].spec)}: they cannot share a stack")
@@ -95,6 +103,7 @@ def train_stacked(points: list[StackedPoint], data: ImageSet, *, device: str | t
         for local, i in enumerate(active):
             if local in left:
                 outcomes[i] = left[local]
+                on_outcome(i, outcomes[i])
             else:  # restacked without the points that left, from where it is (a resume: exact)
                 resumes[i] = stack.runs[local].snapshot()
     return [outcomes[i] for i in range(len(points))]
@@ -153,9 +162,13 @@ class Stack:
 
     def point_net(self, p: int) -> NetworkCall:
         """Point p's network alone (its slice of the stacked weights): the DDIM estimator's further
-        calls and the held-out loss."""
-        weights = {name: param[p] for name, param in zip(self.names, self.params, strict=True)}
-        return lambda x, t: self.one(weights, x, t)
+        calls and the held-out loss. The slices are taken when it is called, not when it is made:
+        after every step each point is handed one, and most steps never call it (no validation due)."""
+
+        def call(x: Tensor, t: Tensor) -> Tensor:
+            return self.one({name: param[p] for name, param in zip(self.names, self.params, strict=True)}, x, t)
+
+        return call
 
     def losses(self, with_penalty: tuple[bool, ...]) -> list[LossParts]:
         """Every point's loss on its filled inputs: one vmapped forward pass, then each point's own
@@ -210,7 +223,7 @@ class Stack:
         left: dict[int, Outcome] = {}
         for p, run in enumerate(self.runs):
             if run.done:  # resumed at its last step
-                left[p] = TrainResult(run.step, stopped=False, state=run.snapshot(), metrics=run.metrics)
+                left[p] = run.result(stopped=False)
         while not left:
             with_penalty = tuple(run.fill(inputs) for run, inputs in zip(self.runs, self.inputs, strict=True))
             (self.graphed or self.step)(with_penalty)

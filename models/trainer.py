@@ -214,6 +214,10 @@ class RunState:
     def done(self) -> bool:
         return self.step >= self.cfg.steps
 
+    def result(self, *, stopped: bool) -> TrainResult:
+        """Where the run is now, as `train` returns it (the state snapshotted)."""
+        return TrainResult(self.step, stopped=stopped, state=self.snapshot(), metrics=self.metrics)
+
     def ema_weight(self) -> float:
         """1 - decay of this step's EMA update."""
         return 1 - ema_decay(self.ema_step, self.cfg.ema_decay)
@@ -250,12 +254,12 @@ class RunState:
                 self.metrics["compile_seconds"] = compile_seconds
             self.hooks.on_log(step, self.metrics)
         if self.hooks.should_stop():  # every step (a flag read): a warm shutdown must not wait for a log step
-            return TrainResult(step, stopped=True, state=self.snapshot(), metrics=self.metrics)
+            return self.result(stopped=True)
         if self.spec.checkpoint_every and step % self.spec.checkpoint_every == 0:
             self.watch.check()
             self.hooks.on_checkpoint(step, self.snapshot())
         if last:
-            return TrainResult(step, stopped=False, state=self.snapshot(), metrics=self.metrics)
+            return self.result(stopped=False)
         return None
 
 
@@ -283,7 +287,7 @@ def train(
     )
     graphed = GraphedStep(run_step, device) if graphs else None
     if run.done:  # resumed at its last step
-        return TrainResult(run.step, stopped=False, state=run.snapshot(), metrics=run.metrics)
+        return run.result(stopped=False)
     # The loop: no host sync except on log and checkpoint steps.
     while True:
         (graphed or run_step)(run.fill(inputs))

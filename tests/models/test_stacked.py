@@ -72,12 +72,16 @@ def test_a_point_that_leaves_changes_nothing_for_the_others(digits):
     steps): the last still ends as it would alone, and each other outcome is what it would be alone."""
     nan = point(**{"lambda": 1e6}, regularizer=[{"name": "tv", "weight": 1e38}], reg_schedule={"t_max": 1000})
     short, full, cancelled = point(steps=4, train={"seed": 5}), point(steps=8, train={"seed": 6}), point(train={"seed": 7})
+    full_steps: list[int] = []
     steps_seen: list[int] = []
     stop_hooks = TrainHooks(on_log=lambda step, m: steps_seen.append(step), should_stop=lambda: bool(steps_seen))
+    left: list[tuple[int, int]] = []  # (point, the full point's step when it left)
     outcomes = train_stacked(
-        [StackedPoint(nan), StackedPoint(short), StackedPoint(cancelled, stop_hooks), StackedPoint(full)],
-        digits, device="cpu",
+        [StackedPoint(nan), StackedPoint(short), StackedPoint(cancelled, stop_hooks),
+         StackedPoint(full, TrainHooks(on_log=lambda step, m: full_steps.append(step)))],
+        digits, device="cpu", on_outcome=lambda i, outcome: left.append((i, full_steps[-1] if full_steps else 0)),
     )
+    assert left == [(0, 2), (2, 2), (1, 4), (3, 8)], "each point is reported as it leaves, not at the end"
     assert isinstance(outcomes[0], NonFiniteLoss) and (outcomes[0].step, outcomes[0].term) == (0, "penalty")
     assert_same_run(outcomes[1], train(short, digits, device="cpu"))
     seen: list[int] = []
