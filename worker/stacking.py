@@ -124,30 +124,44 @@ class _Isolated:
 
 
 def train_stacked_runs(claims: list[tuple[str, leases.Lease]]) -> None:
-    """Train the claimed runs as one stack; each run's outcome is recorded on its own."""
+    """Train the claimed runs as one stack. Each run's outcome is recorded when it leaves the stack
+    (its heartbeat stops then), so a point that ends, fails or is cancelled early is done at once."""
     names = [run_id for run_id, _ in claims]
-    with ExitStack() as beats:
+    beats: dict[str, ExitStack] = {}  # the heartbeat of each run still in the stack
+    try:
         jobs: list[Job] = []
         for run_id, lease in claims:
-            beat = beats.enter_context(Heartbeat(Run, run_id, lease=lease))
-            others = [name for name in names if name != run_id]
-            guarded(run_id, lease, lambda run_id=run_id, lease=lease, beat=beat, others=others: jobs.append(
-                _load_stacked(run_id, lease, beat, others)))
-        if not jobs:
-            return
-        hooks = [_Isolated(job.hooks()) for job in jobs]
-        try:
-            data = load_images(jobs[0].spec.dataset, tenant=jobs[0].tenant)
-            points = [StackedPoint(job.spec, isolated.as_hooks(), job.resume_state) for job, isolated in zip(jobs, hooks)]
-            outcomes = train_stacked(points, data, device=jobs[0].device)
-        except Exception as exc:  # the stack itself broke (not one point's NaN or hook: those are per point)
-            log.exception("a stack of %d runs failed; each goes back to the queue to train alone", len(jobs))
-            for job in jobs:
+            with ExitStack() as beat_scope:  # closed (the beat stopped) unless the run loads
+                beat = beat_scope.enter_context(Heartbeat(Run, run_id, lease=lease))
+                others = [name for name in names if name != run_id]
+                guarded(run_id, lease, lambda run_id=run_id, lease=lease, beat=beat, others=others: jobs.append(
+                    _load_stacked(run_id, lease, beat, others)))
+                if jobs and jobs[-1].run_id == run_id:
+                    beats[run_id] = beat_scope.pop_all()
+        if jobs:
+            _train(jobs, beats)
+    finally:
+        for beat_scope in beats.values():
+            beat_scope.close()
+
+
+def _train(jobs: list[Job], beats: dict[str, ExitStack]) -> None:
+    hooks = [_Isolated(job.hooks()) for job in jobs]
+    try:
+        data = load_images(jobs[0].spec.dataset, tenant=jobs[0].tenant)
+
+        def conclude(index: int, outcome: TrainResult | Exception) -> None:
+            job = jobs[index]
+            guarded(job.run_id, job.lease, lambda: job.conclude(hooks[index].outcome(outcome), data))
+            beats.pop(job.run_id).close()
+
+        points = [StackedPoint(job.spec, isolated.as_hooks(), job.resume_state) for job, isolated in zip(jobs, hooks)]
+        train_stacked(points, data, device=jobs[0].device, on_outcome=conclude)
+    except Exception as exc:  # the stack itself broke (not one point's NaN or hook: those are per point)
+        log.exception("a stack of %d runs failed; each goes back to the queue to train alone", len(jobs))
+        for job in jobs:
+            if job.run_id in beats:  # not concluded before the stack broke
                 guarded(job.run_id, job.lease, lambda job=job, exc=exc: _unstack(job, exc))
-            return
-        for job, isolated, outcome in zip(jobs, hooks, outcomes, strict=True):
-            guarded(job.run_id, job.lease,
-                    lambda job=job, isolated=isolated, outcome=outcome: job.conclude(isolated.outcome(outcome), data))
 
 
 def _load_stacked(run_id: str, lease: leases.Lease, beat: Heartbeat, others: list[str]) -> Job:

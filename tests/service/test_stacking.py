@@ -33,8 +33,9 @@ def events(client: httpx.Client, run_id: str, kind: str) -> list[dict]:
 
 
 def test_a_sweeps_points_train_as_one_stack_and_end_on_their_own(stacking):
-    """Eight points in one stack: three succeed, three are cancelled while the others train, two fail
-    on a non-finite penalty (lambda 1e6 x weight 1e38); every outcome is its own run's."""
+    """Eight points in one stack: three succeed and two fail on a non-finite penalty (lambda 1e6 x
+    weight 1e38) while the three long ones train on, then those are cancelled; every outcome is its
+    own run's, recorded when the point leaves the stack."""
     base = {**TINY_RUN, "reg_schedule": {"t_max": 1000}, "train": {"batch_size": 8, "log_every": 5}}
     vary = {"lambda": [0, 1e6], "regularizer.0.weight": [1e-6, 1e38], "train.steps": [20, 100_000]}
     created = stacking.post("/v1/sweeps", json={"base": base, "vary": vary})
@@ -45,10 +46,12 @@ def test_a_sweeps_points_train_as_one_stack_and_end_on_their_own(stacking):
     long = {run_id for key, run_id in ids.items() if key[2] == 100_000} - nan
     short = set(ids.values()) - nan - long
 
+    early = {run_id: wait_for(stacking, run_id) for run_id in short | nan}  # while the long points train on
+    assert {stacking.get(f"/v1/runs/{run_id}").json()["status"] for run_id in long} == {"running"}
     for run_id in long:
         wait_until(lambda run_id=run_id: stacking.get(f"/v1/runs/{run_id}").json()["step"] >= 10, timeout=180)
         assert stacking.post(f"/v1/runs/{run_id}/cancel").status_code == 200
-    done = {run_id: wait_for(stacking, run_id) for run_id in ids.values()}
+    done = early | {run_id: wait_for(stacking, run_id) for run_id in long}
     for run_id in short:
         assert done[run_id]["status"] == "succeeded", done[run_id]["error"]
         assert done[run_id]["step"] == 20

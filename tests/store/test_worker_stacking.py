@@ -48,7 +48,7 @@ def test_a_stack_that_breaks_gives_its_points_back_to_train_alone(backend, monke
     _reset_caches()
     ids = _sweep_of_two()
 
-    def broken(points, data, *, device):  # what a stacked model missing a kernel on some device does
+    def broken(points, data, *, device, on_outcome):  # what a stack missing a kernel on some device does
         raise RuntimeError("no batching rule for this op")
 
     monkeypatch.setattr(stacking, "train_stacked", broken)
